@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    yield
+
+
+def tiny_spec(class_names=("background", "a", "b"), window=(16, 16, 16), spacing=None, arch="UNet", arguments=None):
+    from napari_agg2exp.models import ModelSpec
+    from napari_agg2exp.preprocessing import PreprocessingSpec
+
+    args = arguments if arguments is not None else {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+    return ModelSpec(
+        architecture=arch,
+        class_names=list(class_names),
+        arguments=args,
+        preprocessing=PreprocessingSpec(spacing=spacing),
+        window_size=tuple(window),
+    )
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A saved tiny UNet model folder (3 classes, window 16, keeps the input spacing)."""
+    import torch
+
+    from napari_agg2exp.models import build_network, save_model
+
+    spec = tiny_spec()
+    torch.manual_seed(1)
+    net = build_network(spec)
+    return save_model(net, spec, tmp_path / "tiny_model")
+
+
+@pytest.fixture
+def ct_file(tmp_path):
+    """A small CT-like NIfTI (HU) with a non-trivial affine."""
+    from napari_agg2exp.volume import Volume, save_volume
+
+    rng = np.random.default_rng(0)
+    arr = rng.normal(0, 300, (20, 18, 17)).astype(np.float32)
+    arr[5:12, 4:10, 3:9] = 800
+    aff = np.diag([1.2, 0.9, 2.0, 1.0])
+    aff[:3, 3] = [-10, 5, 30]
+    return save_volume(Volume(arr, aff), tmp_path / "ct.nii.gz")
+
+
+def write_labels_json(path, names):
+    path.write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
+    return path

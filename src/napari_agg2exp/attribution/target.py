@@ -1,0 +1,179 @@
+"""The explained scalar: stitched logit sum over the clean prediction mask (SPEC §1–2).
+
+``f_c(x') = Σ_{v∈M_c} z_c(x')_v`` with ``z`` the sliding-window stitched logits and ``M_c`` fixed
+from the clean input. Its gradient is, per window, a vector-Jacobian product with
+``grad_output = 1[M_c] · b_w / count`` restricted to the window; summing these per-window input
+gradients into the volume is exact and needs one window's graph at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import Agg2ExpError
+from ..inference import SlidingWindow, _forward
+from ..progress import CancelFlag, ProgressCallback, check_cancel, report
+
+__all__ = ["SlidingWindowTarget"]
+
+
+@dataclass
+class _WindowTargets:
+    """Per window: the classes present and their ``1[M_c]·b/count`` weights (K_w, *window)."""
+
+    slices: tuple
+    class_rows: list[int]  # indices into the target list
+    weights: Any  # tensor (K_w, wx, wy, wz)
+
+
+class SlidingWindowTarget:
+    """A model + sliding window + fixed class masks, reduced to one score per target class.
+
+    This is the ``forward_func`` of every attribution method here (captum's "model or any
+    modification of it"): it maps a volume (B, X, Y, Z) to scores (B, K) and accumulates exact input
+    gradients of those scores window by window.
+
+    Args:
+        network: maps (B, 1, *window) -> (B, C, *window) logits.
+        plan: the sliding-window plan (windows, blend weight, counts) on the model grid.
+        prediction: (X, Y, Z) integer labels of the clean input (argmax of the stitched logits).
+        classes: the target class ids (channels) to explain.
+        sw_batch_size: windows per forward in :meth:`scores`.
+        batch_classes: one batched VJP for all classes of a window (``is_grads_batched``); pays on a GPU.
+    """
+
+    def __init__(
+        self,
+        network,
+        plan: SlidingWindow,
+        prediction,
+        classes: Sequence[int],
+        *,
+        sw_batch_size: int = 1,
+        batch_classes: bool | None = None,
+    ):
+        import torch
+
+        self.network = network
+        self.plan = plan
+        self.classes = [int(c) for c in classes]
+        if not self.classes:
+            raise Agg2ExpError("no target classes to explain")
+        dev = plan.count.device
+        self.device = dev
+        pred = torch.as_tensor(np.asarray(prediction), device=dev).long()
+        if tuple(pred.shape) != tuple(plan.shape):
+            raise ValueError(f"prediction shape {tuple(pred.shape)} does not match the plan {plan.shape}")
+        self.sw_batch_size = max(1, int(sw_batch_size))
+        self.batch_classes = (dev.type == "cuda") if batch_classes is None else bool(batch_classes)
+        self.mask_sizes = [int((pred == c).sum()) for c in self.classes]
+        inv_count = 1.0 / plan.count
+        self.windows: list[_WindowTargets] = []
+        for sl in plan.slices:
+            p = pred[sl]
+            rows = [k for k, c in enumerate(self.classes) if bool((p == c).any())]
+            if rows:
+                w = torch.stack([(p == self.classes[k]).float() * plan.weight * inv_count[sl] for k in rows])
+            else:
+                w = torch.zeros((0,) + tuple(plan.weight.shape), device=dev)
+            self.windows.append(_WindowTargets(sl, rows, w))
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.classes)
+
+    def _window_scores(self, z, wt: _WindowTargets):
+        """(B, K) contribution of one window's logits z (B, C, *w) to the stitched scores."""
+        import torch
+
+        out = torch.zeros((z.shape[0], self.num_targets), dtype=torch.float32, device=z.device)
+        if wt.class_rows:
+            zc = z[:, [self.classes[k] for k in wt.class_rows]].float()  # (B, K_w, *w)
+            out[:, wt.class_rows] = (zc * wt.weights[None]).flatten(2).sum(-1)
+        return out
+
+    def scores(self, inputs, *, progress: ProgressCallback | None = None, cancel: CancelFlag | None = None):
+        """``f_c`` for each input and target class, no gradients.
+
+        Args:
+            inputs: (B, X, Y, Z) tensor on the model grid.
+
+        Returns:
+            (B, K) tensor.
+        """
+        import torch
+
+        x = inputs.to(self.device)
+        total = torch.zeros((x.shape[0], self.num_targets), dtype=torch.float32, device=self.device)
+        active = [i for i, wt in enumerate(self.windows) if wt.class_rows]
+        with torch.no_grad():
+            for done, i in enumerate(active):
+                check_cancel(cancel)
+                wt = self.windows[i]
+                xs = x[(slice(None),) + wt.slices][:, None]
+                for b0 in range(0, xs.shape[0], self.sw_batch_size):
+                    z = _forward(self.network, xs[b0 : b0 + self.sw_batch_size], None)
+                    total[b0 : b0 + z.shape[0]] += self._window_scores(z, wt)
+                report(progress, done + 1, len(active), "forward")
+        return total
+
+    def accumulate_gradients(
+        self,
+        inputs,
+        out,
+        weights=None,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelFlag | None = None,
+    ):
+        """Add ``Σ_b weights_b · ∇_x f_k(inputs_b)`` into ``out[k]`` for every target k.
+
+        One forward per window (the B inputs batched), then one VJP per class present in the window.
+
+        Args:
+            inputs: (B, X, Y, Z) tensor.
+            out: (K, X, Y, Z) float32 tensor, updated in place.
+            weights: (B,) tensor of per-input weights (default 1).
+
+        Returns:
+            (B, K) scores ``f_k(inputs_b)`` computed on the way.
+        """
+        import torch
+
+        x = inputs.to(self.device)
+        B = x.shape[0]
+        w_b = torch.ones(B, device=self.device) if weights is None else torch.as_tensor(weights, device=self.device).float()
+        scores = torch.zeros((B, self.num_targets), dtype=torch.float32, device=self.device)
+        active = [i for i, wt in enumerate(self.windows) if wt.class_rows]
+        n_units = sum(len(self.windows[i].class_rows) for i in active)
+        done = 0
+        for i in active:
+            check_cancel(cancel)
+            wt = self.windows[i]
+            xw = x[(slice(None),) + wt.slices][:, None].detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                z = _forward(self.network, xw, None)
+                per_class = self._window_scores(z, wt)  # (B, K)
+                scores += per_class.detach()
+                rows = wt.class_rows
+                if self.batch_classes and len(rows) > 1:
+                    sel = per_class[:, rows]  # (B, K_w)
+                    eye = torch.eye(len(rows), device=self.device)
+                    gouts = eye[:, None, :] * w_b[None, :, None]  # (K_w, B, K_w)
+                    (g,) = torch.autograd.grad(sel, xw, grad_outputs=gouts, is_grads_batched=True)
+                    out[(rows,) + wt.slices] += g[:, :, 0].sum(1)
+                    done += len(rows)
+                else:
+                    for j, k in enumerate(rows):
+                        check_cancel(cancel)
+                        (g,) = torch.autograd.grad(
+                            per_class[:, k], xw, grad_outputs=w_b, retain_graph=j < len(rows) - 1
+                        )
+                        out[(k,) + wt.slices] += g[:, 0].sum(0)
+                        done += 1
+                        report(progress, done, n_units, "gradients")
+            report(progress, done, n_units, "gradients")
+        return scores

@@ -21,6 +21,7 @@ __all__ = [
     "TerminalProgress",
     "prepare_out_dir",
     "staged_output",
+    "check_out_dir",
     "add_model_args",
     "add_window_args",
     "model_from_args",
@@ -84,6 +85,18 @@ def prepare_out_dir(path: str | os.PathLike, overwrite: bool, marker_files: tupl
     return p
 
 
+def check_out_dir(path: str | os.PathLike, overwrite: bool):
+    """Refuse an output folder that already holds results (unless ``overwrite``); creates nothing."""
+    from pathlib import Path
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise Agg2ExpError(f"output path {out} exists and is not a folder -- choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise Agg2ExpError(f"output folder {out} already holds results -- choose another --out or pass --overwrite")
+    return out
+
+
 @contextlib.contextmanager
 def staged_output(path: str | os.PathLike, overwrite: bool):
     """Write a command's outputs into a temporary folder; move them into ``path`` only on success.
@@ -95,11 +108,7 @@ def staged_output(path: str | os.PathLike, overwrite: bool):
     import tempfile
     from pathlib import Path
 
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise Agg2ExpError(f"output path {out} exists and is not a folder -- choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise Agg2ExpError(f"output folder {out} already holds results -- choose another --out or pass --overwrite")
+    out = check_out_dir(path, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
     try:

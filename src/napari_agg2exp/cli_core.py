@@ -13,6 +13,7 @@ from .cli import (
     add_model_args,
     add_window_args,
     model_from_args,
+    check_out_dir,
     staged_output,
     window_from_args,
 )
@@ -128,6 +129,7 @@ def cmd_segment(args) -> int:
     ws = window_from_args(args)
     from .volume import load_volume
 
+    check_out_dir(args.out, args.overwrite)
     load_volume(args.image)  # fail fast on bad input, before the model loads
     model = model_from_args(args)
     with staged_output(args.out, args.overwrite) as tmp:

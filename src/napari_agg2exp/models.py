@@ -386,7 +386,9 @@ def load_model(
         )
     # a single file: TorchScript
     try:
-        net = torch.jit.load(str(p), map_location=dev)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*is deprecated")
+            net = torch.jit.load(str(p), map_location=dev)
     except Exception as e:
         if p.suffix in (".pt", ".pth", ".ckpt", ".safetensors"):
             raise Agg2ExpError(

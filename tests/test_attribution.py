@@ -252,3 +252,12 @@ def test_single_window_agrees_with_captum():
         for ours, ref in ((vg[k], ref_vg), (ig[k], ref_ig), (sg[k], ref_sg)):
             rel = float((ours - ref).norm() / ref.norm())
             assert rel < 1e-4, rel
+
+
+def test_explain_leaves_model_as_found():
+    model = _tiny_unet_model()
+    model.network.train()
+    flags = [p.requires_grad for p in model.network.parameters()]
+    explain(model, _ct(), "vg")
+    assert model.network.training
+    assert [p.requires_grad for p in model.network.parameters()] == flags

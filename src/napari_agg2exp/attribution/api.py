@@ -176,8 +176,9 @@ def explain(
     pre = preprocess(volume, model.preprocessing, ws)
     x = torch.from_numpy(pre.array).to(model.device)
     plan = SlidingWindow.plan(pre.array.shape, ws, overlap, blend, device=model.device)
-    for p in model.network.parameters():
-        p.requires_grad_(False)
+    grad_flags = [(p, p.requires_grad) for p in model.network.parameters()]
+    for p, _ in grad_flags:
+        p.requires_grad_(False)  # input gradients only: no graph through the weights
     was_training = model.network.training
     model.network.eval()
     try:
@@ -238,6 +239,8 @@ def explain(
         scores = np.array([float(logits[c][labels == c].sum()) for c in ids])
     finally:
         model.network.train(was_training)
+        for p, flag in grad_flags:
+            p.requires_grad_(flag)
     names = [model.class_names[c] for c in ids]
     return Explanation(
         method=method,

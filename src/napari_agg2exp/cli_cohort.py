@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", required=True, help="cohort folder (rerun the same command to resume)")
     p.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: #GPUs, else 1)")
-    p.add_argument("--threads-per-worker", type=int, default=1)
+    p.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per worker (each worker runs one case at a time)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--keep-maps", action="store_true", help="keep attribution maps (float16, compressed maps.npz)")
     p.add_argument("--retry-failed", action="store_true", help="also redo the cases listed in failed.csv")

@@ -138,7 +138,7 @@ def _model(cfg: CohortConfig):
     return _MODEL_CACHE[key]
 
 
-def process_case(row: dict[str, str], out_dir: str, cfg: CohortConfig) -> dict[str, Any]:
+def process_case(row: dict[str, str], out_dir: str, cfg: CohortConfig, threads: int | None = None) -> dict[str, Any]:
     """Explain one case and commit ``cases/<case>/`` atomically. Never raises: errors are returned.
 
     Returns:
@@ -162,6 +162,10 @@ def process_case(row: dict[str, str], out_dir: str, cfg: CohortConfig) -> dict[s
         from .quality import quality_table
         from .volume import load_volume, save_volume
 
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
         model = _model(cfg)
         image = load_volume(row["image"], what=f"image of case {case}")
         gt = load_volume(row["labels"], what=f"labels of case {case}") if row.get("labels") else None
@@ -297,7 +301,7 @@ def run_cohort(
         out_dir: the cohort folder (see module docstring).
         cfg: method, parameters and model.
         workers: LocalCluster workers (default: #GPUs if any, else 1); ignored with ``scheduler``.
-        threads_per_worker: threads per worker (1 = one case at a time per worker).
+        threads_per_worker: torch threads of each worker; a worker always holds one case at a time.
         scheduler: address of a running Dask scheduler (``tcp://host:8786``) instead of a LocalCluster.
         retry_failed: also redo the cases listed in ``failed.csv``.
     """
@@ -327,13 +331,14 @@ def run_cohort(
             except Exception:  # pragma: no cover
                 n_gpu = 0
             n = workers or max(1, n_gpu)
-            cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                    dashboard_address=None, silence_logs=40,
                                    env={"OMP_NUM_THREADS": str(threads_per_worker)})
             client = Client(cluster)
         try:
-            futures = [client.submit(process_case, r, str(out), cfg, key=f"agg2exp-{r['case']}-{os.getpid()}-{time.time_ns()}",
-                                     pure=False) for r in todo]
+            stamp = f"{os.getpid()}-{time.time_ns()}"
+            futures = [client.submit(process_case, r, str(out), cfg, threads_per_worker,
+                                     key=f"agg2exp-{r['case']}-{stamp}", pure=False) for r in todo]
             report(progress, 0, len(todo), "cases")
             for i, fut in enumerate(as_completed(futures), start=1):
                 if is_cancelled(cancel):

@@ -64,7 +64,8 @@ class SlidingWindowTarget:
             raise Agg2ExpError("no target classes to explain")
         dev = plan.count.device
         self.device = dev
-        pred = torch.as_tensor(np.asarray(prediction), device=dev).long()
+        pred = prediction if isinstance(prediction, torch.Tensor) else torch.as_tensor(np.asarray(prediction))
+        pred = pred.to(dev).long()
         if tuple(pred.shape) != tuple(plan.shape):
             raise ValueError(f"prediction shape {tuple(pred.shape)} does not match the plan {plan.shape}")
         self.sw_batch_size = max(1, int(sw_batch_size))

@@ -1,0 +1,425 @@
+"""Explanation-quality metrics and model comparison (issue 5 items 1, 3, 4): closed-form cross-checks."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from napari_agg2exp.errors import Agg2ExpError, Cancelled
+from napari_agg2exp.inference import SlidingWindow, sliding_window_logits
+from napari_agg2exp.metrics import (
+    AttributionFunction,
+    anova_table,
+    average_sensitivity,
+    comparison_markdown,
+    dice_table,
+    effective_complexity,
+    evaluate_case,
+    faithfulness_correlation,
+    look_up_metric,
+    make_perturbations,
+    mean_dice_table,
+    normalise_by_max,
+    random_subsets,
+    randomise_network,
+    rank_correlation,
+    score_drops,
+    summarise,
+    summary_markdown,
+    uniform_noise,
+)
+from napari_agg2exp.models import build_network
+
+from conftest import tiny_spec
+
+PHANTOM_GRID = dict(shape=(40, 36, 40), spacing=7.0)
+
+
+class LinearSeg(torch.nn.Module):
+    """z_c(x) = w_c · x + b_c per voxel: f_c is linear in x, so every metric has a closed form."""
+
+    def __init__(self, w=(0.5, -1.0, 2.0), b=(0.3, 0.0, -0.9)):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(w).view(1, -1, 1, 1, 1))
+        self.b = torch.nn.Parameter(torch.tensor(b).view(1, -1, 1, 1, 1))
+
+    def forward(self, x):
+        return x * self.w + self.b
+
+
+def _linear_setup(shape=(12, 10, 9), seed=0):
+    net = LinearSeg()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.from_numpy(np.random.default_rng(seed).random(shape, dtype=np.float32))
+    plan = SlidingWindow.plan(shape, (6, 6, 6), 0.5, "gaussian")
+    assert len(plan) > 1
+    labels = sliding_window_logits(net, x[None], plan).argmax(0)
+    classes = sorted(torch.unique(labels).tolist())
+    assert len(classes) >= 2
+    return net, x, plan, labels, classes
+
+
+def train_tiny_model(out_dir, *, steps: int = 20, seed: int = 0, phantom_seed: int = 7):
+    """A tiny 17-class UNet fitted for a few steps to one small phantom ('trained-ish': predicts many classes).
+
+    Model grid 14 mm (20×18×20 voxels for the 40×36×40 phantoms at 7 mm), one 20³ window (fast).
+    """
+    from napari_agg2exp.labels import THORAX_LABELS
+    from napari_agg2exp.models import save_model
+    from napari_agg2exp.phantom import make_phantom
+    from napari_agg2exp.preprocessing import preprocess, preprocess_labels
+
+    spec = tiny_spec(class_names=THORAX_LABELS, window=(20, 20, 20), spacing=(14.0, 14.0, 14.0),
+                     arguments={"channels": [4, 8], "strides": [2], "num_res_units": 0, "norm": "batch"})
+    img, lab, _ = make_phantom(phantom_seed, **PHANTOM_GRID).volumes()
+    pre = preprocess(img, spec.preprocessing, spec.window_size)
+    x = torch.from_numpy(pre.array)[None, None]
+    y = torch.from_numpy(preprocess_labels(lab, pre)).long()[None]
+    torch.manual_seed(seed)
+    net = build_network(spec)
+    opt = torch.optim.Adam(net.parameters(), 5e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    net.eval()
+    return save_model(net, spec, out_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_thorax_model_dir(tmp_path_factory):
+    return train_tiny_model(tmp_path_factory.mktemp("models") / "tiny_thorax")
+
+
+@pytest.fixture
+def tiny_thorax(tiny_thorax_model_dir):
+    from napari_agg2exp.models import load_model
+    from napari_agg2exp.phantom import make_phantom
+
+    model = load_model(tiny_thorax_model_dir, device="cpu")
+    image, labels, _ = make_phantom(8, **PHANTOM_GRID).volumes()
+    return model, image, labels
+
+
+def _state(net):
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- faithfulness
+
+
+def test_ig_faithfulness_is_one_for_linear_model_and_random_map_is_not():
+    net, x, plan, labels, classes = _linear_setup()
+    fn = AttributionFunction.create("ig", net, plan, labels, classes, x, n_steps=3)
+    maps = fn(x)
+    subsets = random_subsets(x.shape, 200, 150, seed=1)
+    from napari_agg2exp.attribution import SlidingWindowTarget
+
+    drops = score_drops(SlidingWindowTarget(net, plan, labels, classes, sw_batch_size=16), x, subsets, batch_size=16)
+    # closed form: the drop is the subset's sum of w_c x over M_c, which is exactly IG's subset sum
+    w = net.w.flatten()
+    for k, c in enumerate(classes):
+        m = (labels == c).flatten().numpy()
+        expected = (float(w[c]) * x.flatten().numpy() * m)[subsets].sum(1)
+        np.testing.assert_allclose(drops[:, k], expected, rtol=1e-4, atol=1e-4)
+    fc = faithfulness_correlation(maps, subsets, drops)
+    assert np.all(fc >= 0.99), fc
+    rnd = np.random.default_rng(3).normal(size=maps.shape).astype(np.float32)
+    fr = faithfulness_correlation(rnd, subsets, drops)
+    assert np.all(np.abs(fr) < 0.2), fr
+
+
+def test_faithfulness_ignores_scale_and_zero_map_is_nan():
+    subsets = random_subsets((8, 8, 8), 20, 30, seed=0)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2, 8, 8, 8))
+    drops = rng.normal(size=(20, 2))
+    np.testing.assert_allclose(faithfulness_correlation(a, subsets, drops),
+                               faithfulness_correlation(7.5 * a, subsets, drops), rtol=1e-5)
+    a[1] = 0
+    assert np.isnan(faithfulness_correlation(a, subsets, drops)[1])
+    with pytest.raises(ValueError, match="drops"):
+        faithfulness_correlation(a, subsets, drops[:, :1])
+
+
+# ---------------------------------------------------------------- complexity
+
+
+@pytest.mark.parametrize("shape", [(7, 6, 5), (16, 15, 7)])
+def test_complexity_of_one_hot_map_is_one_over_voxels(shape):
+    a = np.zeros((2,) + shape, np.float32)
+    a[0, 3, 2, 1] = 4.0
+    a[1, 0, 0, 0] = -0.01
+    np.testing.assert_allclose(effective_complexity(a), 1 / np.prod(shape))
+    assert np.isnan(effective_complexity(np.zeros(shape))[0])
+
+
+def test_complexity_threshold_is_strict_and_relative_to_max():
+    a = np.zeros((1, 2, 2, 2))
+    a.flat[:4] = [-2.0, 0.2, 0.21, 1.0]  # |a| / max = 1, 0.1, 0.105, 0.5
+    assert effective_complexity(a, 0.1)[0] == pytest.approx(3 / 8)
+    np.testing.assert_allclose(normalise_by_max(a).flat[:4], [-1.0, 0.1, 0.105, 0.5], rtol=1e-6)
+    with pytest.raises(Agg2ExpError, match="threshold"):
+        effective_complexity(a, 1.5)
+
+
+# ---------------------------------------------------------------- sensitivity
+
+
+def test_vg_sensitivity_is_zero_for_linear_model_and_ig_is_not():
+    net, x, plan, labels, classes = _linear_setup()
+    noise = uniform_noise(x.shape, 3, 0.1, seed=2)
+    assert noise.shape == (3,) + tuple(x.shape) and np.abs(noise).max() <= 0.1
+    vg = AttributionFunction.create("vg", net, plan, labels, classes, x)
+    np.testing.assert_allclose(average_sensitivity(vg(x), vg, x, noise), 0.0, atol=1e-6)
+    ig = AttributionFunction.create("ig", net, plan, labels, classes, x, n_steps=2)
+    s = average_sensitivity(ig(x), ig, x, noise)
+    assert np.all(s > 0.01), s
+    # IG = w·x on M_c and the noise is explicit: the value is known
+    a = ig(x).numpy()
+    expected = []
+    for eps in noise:
+        ap = ig(x + torch.from_numpy(eps)).numpy()
+        na = a / np.abs(a).reshape(len(a), -1).max(1)[:, None, None, None]
+        nb = ap / np.abs(ap).reshape(len(a), -1).max(1)[:, None, None, None]
+        expected.append(np.linalg.norm((na - nb).reshape(len(a), -1), axis=1) / np.linalg.norm(na.reshape(len(a), -1), axis=1))
+    np.testing.assert_allclose(s, np.mean(expected, 0), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- randomisation
+
+
+def test_randomisation_changes_unet_maps_and_leaves_the_model_untouched():
+    torch.manual_seed(4)
+    spec = tiny_spec(arguments={"channels": [4, 8], "strides": [2], "num_res_units": 0, "norm": "batch"})
+    net = build_network(spec).eval()
+    before = _state(net)
+    x = torch.from_numpy(np.random.default_rng(0).normal(0.5, 0.3, (18, 17, 16)).astype(np.float32))
+    plan = SlidingWindow.plan(x.shape, (16, 16, 16), 0.25, "constant")
+    labels = sliding_window_logits(net, x[None], plan).argmax(0)
+    classes = sorted(torch.unique(labels).tolist())
+    fn = AttributionFunction.create("vg", net, plan, labels, classes, x)
+    maps = fn(x)
+    rnet = randomise_network(net, seed=0)
+    assert rnet is not net and not rnet.training
+    assert _same_state(before, _state(net)) and not net.training  # the caller's network is not touched
+    # random draws: every convolution; deterministic defaults (batch norm 1/0, PReLU 0.25) equal a fresh init
+    for (name, p), q in zip(net.named_parameters(), rnet.parameters()):
+        assert (not torch.equal(p, q)) or p.ndim < 2, name
+    assert _same_state(_state(rnet), _state(randomise_network(net, seed=0)))  # seeded
+    assert not _same_state(_state(rnet), _state(randomise_network(net, seed=1)))
+    rho = rank_correlation(maps, fn.with_network(rnet)(x))
+    assert np.all(rho < 0.95), rho
+    assert np.allclose(rank_correlation(maps, maps), 1.0)
+    assert torch.equal(fn(x), maps)  # the original explanation is unchanged
+
+
+def test_randomise_network_covers_parameters_without_reset(tiny_thorax):
+    net = LinearSeg()
+    before = _state(net)
+    r = randomise_network(net, seed=3)
+    assert _same_state(before, _state(net))
+    assert not torch.equal(r.w, net.w) and not torch.equal(r.b, net.b)
+    trained = tiny_thorax[0].network  # trained weights: every parameter gets a new value
+    r = randomise_network(trained, seed=0)
+    assert all(not torch.equal(p, q) for p, q in zip(trained.parameters(), r.parameters()))
+
+
+# ---------------------------------------------------------------- perturbations
+
+
+def test_perturbations_depend_only_on_seed_and_shape():
+    a = make_perturbations((20, 18, 16), n_subsets=5, subset_size=100, n_noise=2, seed=4)
+    b = make_perturbations((20, 18, 16), n_subsets=5, subset_size=100, n_noise=2, seed=4)
+    np.testing.assert_array_equal(a.subsets, b.subsets)
+    np.testing.assert_array_equal(a.noise, b.noise)
+    c = make_perturbations((20, 18, 16), n_subsets=5, subset_size=100, n_noise=2, seed=5)
+    assert not np.array_equal(a.subsets, c.subsets) and not np.array_equal(a.noise, c.noise)
+    assert a.subsets.shape == (5, 100) and a.subset_size == 100
+    assert all(len(np.unique(s)) == 100 for s in a.subsets)  # no voxel twice in a subset
+    assert a.noise.dtype == np.float32 and np.abs(a.noise).max() <= 0.1
+
+
+def test_subset_size_clipped_for_small_volumes_with_warning():
+    with pytest.warns(UserWarning, match="too large"):
+        s = random_subsets((10, 10, 10), 4)
+    assert s.shape == (4, 250)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert random_subsets((10, 10, 10), 4, 100).shape == (4, 100)
+    with pytest.raises(Agg2ExpError, match="at least 2 subsets"):
+        random_subsets((10, 10, 10), 1, 100)
+
+
+def test_every_method_sees_the_same_subsets_noise_and_random_weights(tiny_thorax, monkeypatch):
+    import napari_agg2exp.metrics.evaluate as ev
+
+    model, image, _ = tiny_thorax
+    seen: dict[str, list] = {"subsets": [], "noise": [], "networks": [], "inputs": []}
+    real_fc, real_sens = ev.faithfulness_correlation, ev.average_sensitivity
+    real_with = AttributionFunction.with_network
+
+    def fc(maps, subsets, drops):
+        seen["subsets"].append((subsets, drops))
+        return real_fc(maps, subsets, drops)
+
+    def sens(maps, fn, x, noise, **kw):
+        seen["noise"].append(noise)
+        seen["inputs"].append(x)
+        return real_sens(maps, fn, x, noise, **kw)
+
+    def with_network(self, network):
+        seen["networks"].append(network)
+        return real_with(self, network)
+
+    monkeypatch.setattr(ev, "faithfulness_correlation", fc)
+    monkeypatch.setattr(ev, "average_sensitivity", sens)
+    monkeypatch.setattr(AttributionFunction, "with_network", with_network)
+    df = evaluate_case(model, image, ["vg", "sg"], "faithfulness,sensitivity,randomisation", ["heart"],
+                       n_subsets=4, subset_size=200, n_noise=1, method_params={"sg": {"n_samples": 2}})
+    assert len(df) == 2 * 3
+    (s1, d1), (s2, d2) = seen["subsets"]
+    assert s1 is s2 and d1 is d2  # drops computed once, shared
+    assert seen["noise"][0] is seen["noise"][1] and seen["inputs"][0] is seen["inputs"][1]
+    assert seen["networks"][0] is seen["networks"][1] and seen["networks"][0] is not model.network
+    ref = make_perturbations(df.attrs["model_grid"], n_subsets=4, subset_size=200, n_noise=1, seed=0)
+    np.testing.assert_array_equal(s1, ref.subsets)
+    np.testing.assert_array_equal(seen["noise"][0], ref.noise)
+
+
+# ---------------------------------------------------------------- attribution function and evaluate_case
+
+
+@pytest.mark.parametrize("method, params", [
+    ("vg", {}), ("ig", {"n_steps": 3}), ("sg", {"n_samples": 2}),
+    ("kernelshap-cubes", {"n_samples": 12}), ("kernelshap-semantic", {"n_samples": 12}),
+])
+def test_attribution_function_on_clean_input_equals_explain(tiny_thorax, method, params):
+    from napari_agg2exp.attribution import explain
+
+    model, image, _ = tiny_thorax
+    e = explain(model, image, method, ["heart", "ribs"], internal_batch_size=4, seed=3, **params)
+    x = torch.from_numpy(e.pre.array)
+    plan = SlidingWindow.plan(x.shape, model.window_size, 0.25, "constant")
+    labels = sliding_window_logits(model.network, x[None], plan).argmax(0)
+    fn = AttributionFunction.create(method, model.network, plan, labels, e.target_ids, x, seed=3, **params)
+    np.testing.assert_allclose(fn(x).numpy(), e.maps_model, rtol=1e-4, atol=1e-6 * np.abs(e.maps_model).max())
+
+
+def test_evaluate_case_table_ranges_and_model_restored(tiny_thorax):
+    model, image, _ = tiny_thorax
+    net = model.network
+    before = _state(net)
+    flags = [p.requires_grad for p in net.parameters()]
+    calls = []
+    df = evaluate_case(model, image, "vg,kernelshap-semantic", "faithfulness,sensitivity,complexity,randomization",
+                       "heart,vertebrae", case="c1", n_subsets=6, subset_size=300, n_noise=1,
+                       method_params={"kernelshap-semantic": {"n_samples": 16}},
+                       progress=lambda d, t, m: calls.append((d, t)))
+    assert list(df.columns) == ["case", "method", "target", "metric", "value"]
+    assert len(df) == 2 * 2 * 4 and set(df["case"]) == {"c1"}
+    assert set(df["metric"]) == {"faithfulness", "sensitivity", "complexity", "randomisation"}
+    v = df.set_index(["method", "target", "metric"])["value"]
+    assert v.notna().all()
+    assert ((v.xs("faithfulness", level=2).abs() <= 1) & (v.xs("randomisation", level=2).abs() <= 1 + 1e-9)).all()
+    assert ((v.xs("complexity", level=2) > 0) & (v.xs("complexity", level=2) <= 1)).all()
+    assert (v.xs("sensitivity", level=2) >= 0).all()
+    assert df.attrs["subset_size"] == 300 and df.attrs["targets"] == ["heart", "vertebrae"]
+    assert _same_state(before, _state(net)) and [p.requires_grad for p in net.parameters()] == flags
+    assert not net.training
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and calls[-1][0] == calls[-1][1]
+    s = summarise(df)
+    assert list(s.columns) == ["method", "metric", "mean", "sd", "n"] and len(s) == 8 and (s["n"] == 2).all()
+    md = summary_markdown(df, {"subsets": 6})
+    assert "| Vanilla gradient |" in md and "±" in md and "- subsets: 6" in md
+
+
+def test_evaluate_case_absent_classes_errors_and_cancel(tiny_thorax):
+    model, image, _ = tiny_thorax
+    from napari_agg2exp.inference import segment
+
+    present = set(np.unique(segment(model, image).labels_model_grid).tolist())
+    absent = [n for i, n in enumerate(model.class_names) if i not in present]
+    kw = dict(n_subsets=3, subset_size=100, n_noise=1)
+    if absent:
+        with pytest.warns(UserWarning, match="absent"):
+            df = evaluate_case(model, image, "vg", "complexity", ["heart", absent[0]], **kw)
+        assert set(df["target"]) == {"heart"} and df.attrs["skipped"] == [absent[0]]
+        with pytest.raises(Agg2ExpError, match="none of the requested classes"), pytest.warns(UserWarning):
+            evaluate_case(model, image, "vg", "complexity", [absent[0]], **kw)
+    with pytest.raises(Agg2ExpError, match="did you mean 'faithfulness'"):
+        evaluate_case(model, image, "vg", "faithfullness", **kw)
+    with pytest.raises(Agg2ExpError, match="unknown method"):
+        evaluate_case(model, image, "gradcam", "complexity", **kw)
+    with pytest.raises(Agg2ExpError, match="unknown class"):
+        evaluate_case(model, image, "vg", "complexity", ["hart"], **kw)
+    with pytest.raises(Agg2ExpError, match="unknown parameter"):
+        evaluate_case(model, image, "ig", "complexity", method_params={"ig": {"steps": 3}}, **kw)
+    with pytest.raises(Cancelled):
+        evaluate_case(model, image, "vg", "complexity", ["heart"], cancel=lambda: True, **kw)
+    assert look_up_metric("Randomization") == "randomisation"
+
+
+# ---------------------------------------------------------------- model comparison
+
+
+def _dice_frame():
+    rows = []
+    rng = np.random.default_rng(0)
+    for m, shift in (("A", 0.0), ("B", 0.3)):
+        for i in range(6):
+            rows.append({"case": f"c{i}", "model": m, "class": "heart", "dice": 0.5 + shift + 0.05 * rng.normal()})
+            rows.append({"case": f"c{i}", "model": m, "class": "aorta", "dice": 0.7 + 0.05 * rng.normal()})
+    return pd.DataFrame(rows)
+
+
+def test_anova_matches_scipy_and_marks_significance():
+    from scipy.stats import f_oneway
+
+    d = _dice_frame()
+    a = anova_table(d).set_index("class")
+    assert list(a.index) == ["heart", "aorta", "overall"]
+    for cls in ("heart", "aorta"):
+        ref = f_oneway(*[g["dice"].to_numpy() for _, g in d[d["class"] == cls].groupby("model")])
+        assert a.loc[cls, "p"] == pytest.approx(ref.pvalue) and a.loc[cls, "f"] == pytest.approx(ref.statistic)
+    assert a.loc["heart", "significant"] and a.loc["heart", "p"] < 1e-4
+    t = mean_dice_table(d)
+    assert list(t.columns) == ["A", "B"] and list(t.index) == ["heart", "aorta", "overall"]
+    assert t.loc["overall", "A"] == pytest.approx(d[d["model"] == "A"]["dice"].mean())
+    md = comparison_markdown(d)
+    heart = next(line for line in md.splitlines() if line.startswith("| heart"))
+    assert heart.rstrip(" |").endswith("*") and "**" in heart
+    one = anova_table(d[d["model"] == "A"])
+    assert one["p"].isna().all() and not one["significant"].any()
+
+
+def test_dice_table_maps_data_label_names_to_model_channels(tiny_thorax, tmp_path):
+    from napari_agg2exp.quality import dice_iou
+    from napari_agg2exp.inference import segment
+    from napari_agg2exp.volume import save_volume
+
+    model, image, labels = tiny_thorax
+    case = tmp_path / "case_0000"
+    save_volume(image, case / "image.nii.gz")
+    # the data numbers its labels differently: swap heart (8) and ribs (11)
+    names = list(model.class_names)
+    names[8], names[11] = names[11], names[8]
+    lab = labels.array.copy()
+    lab[labels.array == 8], lab[labels.array == 11] = 11, 8
+    save_volume(labels.like(lab), case / "labels.nii.gz")
+    d = dice_table({"m": model}, [case], names)
+    pred = segment(model, image).prediction.array
+    ref, _ = dice_iou(pred, labels.array, model.num_classes)
+    got = d.set_index("class")["dice"]
+    assert got["heart"] == pytest.approx(ref[8]) and got["ribs"] == pytest.approx(ref[11], nan_ok=True)
+    assert "background" not in set(d["class"]) and len(d) == 16

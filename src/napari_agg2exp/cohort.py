@@ -152,6 +152,9 @@ def process_case(row: dict[str, str], out_dir: str, cfg: CohortConfig, threads: 
         return {"case": case, "status": "exists", "error": "", "seconds": 0.0}
     cases_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{case}.partial-", dir=cases_dir))
+    from .volume import default_permissions
+
+    default_permissions(tmp, directory=True)
     try:
         import numpy as np
 

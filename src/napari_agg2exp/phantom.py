@@ -39,7 +39,7 @@ import numpy as np
 from .errors import Agg2ExpError
 from .labels import PATHOLOGY_LABELS, THORAX_LABELS, label_names_json
 from .progress import CancelFlag, ProgressCallback, check_cancel, report
-from .volume import Volume, atomic_write_text, save_volume
+from .volume import Volume, atomic_write_text, default_permissions, save_volume
 
 __all__ = [
     "PhantomCase",
@@ -921,6 +921,7 @@ def write_phantom_cohort(out_dir: str | os.PathLike, cases: int, seed: int = 0, 
         case = make_phantom(case_seed(seed, i), shape=shp, spacing=sp, pathology=pathology)
         final = out / f"case_{i:04d}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out))
+        default_permissions(tmp, directory=True)
         try:
             save_volume(np.asarray(case.image, dtype=np.int16), tmp / "image.nii.gz", case.affine)
             save_volume(case.labels, tmp / "labels.nii.gz", case.affine)

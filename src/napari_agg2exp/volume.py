@@ -102,11 +102,21 @@ def load_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
     return Volume(np.asarray(data), np.asarray(affine, dtype=float), _stem(p))
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def default_permissions(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a temporary file/folder (created 0600/0700) the permissions a plain create would."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+
+
 def _atomic_target(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    default_permissions(tmp)
     return Path(tmp)
 
 

@@ -31,5 +31,5 @@ def test_demo_end_to_end(tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 17
     assert (out / "local_importance.csv").exists()
-    # the recorded image path points into the final output folder
-    assert (out / "sample" / "image.nii.gz").resolve() == __import__("pathlib").Path(info["image"])
+    # the recorded image path (relative to the case folder) points into the final output folder
+    assert (out / info["image"]).resolve() == (out / "sample" / "image.nii.gz").resolve()

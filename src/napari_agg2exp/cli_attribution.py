@@ -123,18 +123,18 @@ def cmd_explain(args) -> int:
 
 def demo_explain(args, model, out_dir: Path, sample_dir: Path) -> None:
     """Demo step: explain every predicted class (SmoothGrad, paper defaults), aggregate, report."""
-    final_image = Path(args.out).resolve() / "sample" / "image.nii.gz"
     e, table, _ = run_explain(model, sample_dir / "image.nii.gz", out_dir, method=args.method, samples=args.samples,
                               ground_truth=sample_dir / "labels.nii.gz", case="demo",
-                              progress=TerminalProgress(f"explain {args.method}"), info_image_path=final_image)
+                              progress=TerminalProgress(f"explain {args.method}"), info_image_path="sample/image.nii.gz")
     _print_info(e)
     from .analysis.report import write_case_report
 
-    abs_mass = table[(table["part"] == "abs") & (table["target"] != table["roi"])]
-    print("where each class's explanation lies outside the class itself (largest share, |a| mass):")
+    abs_mass = table[(table["part"] == "abs") & (table["target"] != table["roi"]) & (table["roi"] != "background")]
+    own = table[(table["part"] == "abs") & (table["target"] == table["roi"])].set_index("target")["mass"]
+    print("local RoI importance (|a| mass): share inside the class itself, and the largest other organ:")
     for t, g in abs_mass.groupby("target", sort=False):
         top = g.sort_values("mass", ascending=False).iloc[0]
-        print(f"  {t:<24} <- {top['roi']:<24} {top['mass']:.2f}")
+        print(f"  {t:<24} itself {own.get(t, float('nan')):.2f}   <- {top['roi']:<24} {top['mass']:.2f}")
     report = write_case_report(out_dir, progress=TerminalProgress("report"))
     print(f"case report: {Path(args.out) / report.name}")
 

@@ -5,7 +5,7 @@ Layout of a case folder ``CASE_DIR/``::
     prediction.nii.gz            uint8 labels on the input grid
     labels.json                  {"0": "background", "1": ...} class names by id
     attributions/<class>.nii.gz  float32 attribution map of target <class>, input grid
-    attribution_info.json        {"method": ..., "image": "/abs/path/ct.nii.gz", "case": ...,
+    attribution_info.json        {"method": ..., "image": "/abs/path/ct.nii.gz" (or relative to CASE_DIR), "case": ...,
                                   "ground_truth": "/abs/path/gt.nii.gz" (optional), ...}
     local_importance.csv         (optional) case,target,roi,part,mass,mean
     quality.csv                  (optional) case,class,dice,iou
@@ -172,6 +172,7 @@ def load_case(case_dir: str | os.PathLike, *, load_image: bool = True, lazy: boo
         img = info.get("image")
         if not img:
             raise Agg2ExpError(f"{info_path} does not name the input image (\"image\") -- rerun agg2exp explain")
+        img = Path(img) if Path(img).is_absolute() else d / img  # relative paths: relative to the case folder
         image = load_volume(img, what="input image (from attribution_info.json)")
         if image.shape != prediction.shape:
             raise Agg2ExpError(f"input image {img} has shape {image.shape} but the prediction has shape "

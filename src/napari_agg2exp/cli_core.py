@@ -165,7 +165,8 @@ def cmd_train(args) -> int:
         val_every=args.val_every, lr=args.lr, weight_decay=args.weight_decay, lambda_ce=args.lambda_ce,
         seed=args.seed, device=args.device,
     )
-    summary = train(args.data, args.out, cfg, resume=args.resume, log=lambda m: print(m, flush=True))
+    summary = train(args.data, args.out, cfg, resume=args.resume, log=lambda m: print(m, flush=True),
+                    progress=TerminalProgress("train", min_interval=2.0))
     print(json.dumps({k: v for k, v in summary.items() if k != "last_val_dice"}, indent=None))
     return 0
 

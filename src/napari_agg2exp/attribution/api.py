@@ -192,6 +192,9 @@ def explain(
             raise Agg2ExpError(
                 f"none of the requested classes is present in the prediction (absent: {', '.join(skipped)}) -- nothing to explain"
             )
+        # f_c(x) of the clean input straight from the stitched logits; then free them (C volumes)
+        scores = np.array([float(logits[c][labels == c].sum()) for c in ids])
+        del logits
         fwd = SlidingWindowTarget(model.network, plan, labels, ids, sw_batch_size=sw_batch_size, batch_classes=batch_classes)
         sub = SubProgress(progress, 5, 95, 100)
         t0 = time.perf_counter()
@@ -235,8 +238,6 @@ def explain(
             extra["n_coalitions"] = int(res.n_coalitions)
         check_cancel(cancel)
         seconds = time.perf_counter() - t0
-        # f_c(x) of the clean input straight from the stitched logits
-        scores = np.array([float(logits[c][labels == c].sum()) for c in ids])
     finally:
         model.network.train(was_training)
         for p, flag in grad_flags:
@@ -248,7 +249,7 @@ def explain(
         targets=names,
         target_ids=list(ids),
         skipped=skipped,
-        maps_model=maps.detach().cpu().numpy().astype(np.float32),
+        maps_model=np.asarray(maps.detach().cpu().numpy(), dtype=np.float32),
         prediction=prediction,
         image=volume,
         pre=pre,

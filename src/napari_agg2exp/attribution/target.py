@@ -22,11 +22,10 @@ __all__ = ["SlidingWindowTarget"]
 
 @dataclass
 class _WindowTargets:
-    """Per window: the classes present and their ``1[M_c]·b/count`` weights (K_w, *window)."""
+    """Per window: its slices and the target rows (indices into the class list) whose mask meets it."""
 
     slices: tuple
-    class_rows: list[int]  # indices into the target list
-    weights: Any  # tensor (K_w, wx, wy, wz)
+    class_rows: list[int]
 
 
 class SlidingWindowTarget:
@@ -71,29 +70,37 @@ class SlidingWindowTarget:
         self.sw_batch_size = max(1, int(sw_batch_size))
         self.batch_classes = (dev.type == "cuda") if batch_classes is None else bool(batch_classes)
         self.mask_sizes = [int((pred == c).sum()) for c in self.classes]
-        inv_count = 1.0 / plan.count
+        # small label type; the per-window weights 1[M_c]·b/count are built on the fly, one window at a time,
+        # so memory stays at one window's worth whatever the volume size
+        self._pred = pred.to(torch.int16 if int(pred.max()) < 32767 else torch.int32)
+        self._inv_count = 1.0 / plan.count
         self.windows: list[_WindowTargets] = []
         for sl in plan.slices:
-            p = pred[sl]
-            rows = [k for k, c in enumerate(self.classes) if bool((p == c).any())]
-            if rows:
-                w = torch.stack([(p == self.classes[k]).float() * plan.weight * inv_count[sl] for k in rows])
-            else:
-                w = torch.zeros((0,) + tuple(plan.weight.shape), device=dev)
-            self.windows.append(_WindowTargets(sl, rows, w))
+            present = set(torch.unique(self._pred[sl]).tolist())
+            rows = [k for k, c in enumerate(self.classes) if c in present]
+            self.windows.append(_WindowTargets(sl, rows))
+
+    def window_weights(self, wt: _WindowTargets):
+        """(K_w, *window) tensor ``1[M_c] · b / count`` for the classes present in one window."""
+        import torch
+
+        p = self._pred[wt.slices]
+        bc = self.plan.weight * self._inv_count[wt.slices]
+        return torch.stack([(p == self.classes[k]).float() * bc for k in wt.class_rows])
 
     @property
     def num_targets(self) -> int:
         return len(self.classes)
 
-    def _window_scores(self, z, wt: _WindowTargets):
+    def _window_scores(self, z, wt: _WindowTargets, weights=None):
         """(B, K) contribution of one window's logits z (B, C, *w) to the stitched scores."""
         import torch
 
         out = torch.zeros((z.shape[0], self.num_targets), dtype=torch.float32, device=z.device)
         if wt.class_rows:
+            w = self.window_weights(wt) if weights is None else weights
             zc = z[:, [self.classes[k] for k in wt.class_rows]].float()  # (B, K_w, *w)
-            out[:, wt.class_rows] = (zc * wt.weights[None]).flatten(2).sum(-1)
+            out[:, wt.class_rows] = (zc * w[None]).flatten(2).sum(-1)
         return out
 
     def scores(self, inputs, *, progress: ProgressCallback | None = None, cancel: CancelFlag | None = None):
@@ -114,10 +121,11 @@ class SlidingWindowTarget:
             for done, i in enumerate(active):
                 check_cancel(cancel)
                 wt = self.windows[i]
+                w = self.window_weights(wt)
                 xs = x[(slice(None),) + wt.slices][:, None]
                 for b0 in range(0, xs.shape[0], self.sw_batch_size):
                     z = _forward(self.network, xs[b0 : b0 + self.sw_batch_size], None)
-                    total[b0 : b0 + z.shape[0]] += self._window_scores(z, wt)
+                    total[b0 : b0 + z.shape[0]] += self._window_scores(z, wt, w)
                 report(progress, done + 1, len(active), "forward")
         return total
 

@@ -20,7 +20,6 @@ from napari_agg2exp.attribution import (
 )
 from napari_agg2exp.inference import SlidingWindow, sliding_window_logits
 from napari_agg2exp.models import SegmentationModel, build_network
-from napari_agg2exp.preprocessing import PreprocessingSpec
 from napari_agg2exp.volume import Volume
 
 from conftest import tiny_spec

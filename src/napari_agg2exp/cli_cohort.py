@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli import TerminalProgress, add_window_args, window_from_args
+from .cli import TerminalProgress, window_from_args
 from .errors import Agg2ExpError
 
 __all__ = ["register"]

@@ -616,7 +616,7 @@ class _Builder:
         phi0 = float(np.arctan2(x_t, -y_t)) - 0.02 * np.pi
         dive = max(self.depth_point(x_t, y_t) - self.d_rib, 0.0)
         phid = phi0 + 0.14 * np.pi
-        APHI, SIDE = np.abs(self.PHI), np.sign(self.PHI)
+        APHI = np.abs(self.PHI)
         zs = g.Z
         n_true = 7
         st_len = self.st_top - self.st_bot

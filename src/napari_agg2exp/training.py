@@ -9,7 +9,6 @@ optimiser, scheduler and step, so ``resume=True`` continues where a run stopped.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field

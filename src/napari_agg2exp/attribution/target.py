@@ -9,7 +9,7 @@ gradients into the volume is exact and needs one window's graph at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 

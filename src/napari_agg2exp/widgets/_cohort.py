@@ -22,11 +22,10 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSplitter,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import viewer_api as api
-from ._common import FigureView, Runner, notify_error, plain_viewer, run_row
+from ._common import PluginWidget, FigureView, Runner, notify_error, run_row
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -47,13 +46,12 @@ def node_artists(fig, graph) -> dict[str, object]:
     return dict(zip(labels, markers))
 
 
-class CohortGraphWidget(QWidget):
+class CohortGraphWidget(PluginWidget):
     """Cohort tables -> global importance graph + distributions; node click selects the class."""
 
     def __init__(self, napari_viewer: napari.Viewer):
-        super().__init__()
-        self.viewer = napari_viewer = plain_viewer(napari_viewer)
-        self.state = api.session(napari_viewer)
+        super().__init__(napari_viewer)
+        napari_viewer = self.viewer
         self.result: api.GraphResult | None = None
         self._nodes: dict[str, object] = {}
 

@@ -20,6 +20,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
+    QFormLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -272,6 +273,22 @@ class Runner(QObject):
             time.sleep(0.005)
         if self.running:
             raise TimeoutError(f"{self.job.title if self.job else 'job'} did not finish within {timeout} s")
+
+
+class PluginWidget(QWidget):
+    """Base of the dock widgets: the plain viewer and this viewer's session (model, results)."""
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__()
+        self.viewer = plain_viewer(napari_viewer)
+        self.state = api.session(self.viewer)
+
+    def _frame(self) -> tuple[QVBoxLayout, QFormLayout]:
+        """The widget's vertical layout with a form at its top."""
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        lay.addLayout(form)
+        return lay, form
 
 
 def run_row(parent_layout, run_text: str = "Run") -> tuple[QPushButton, QPushButton, QLabel]:

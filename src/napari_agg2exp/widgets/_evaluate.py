@@ -22,11 +22,10 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import viewer_api as api
-from ._common import LayerCombo, Runner, plain_viewer, run_row
+from ._common import PluginWidget, LayerCombo, Runner, run_row
 from ._segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,16 +61,15 @@ def _set_checked(lst: QListWidget, keys) -> None:
                            else Qt.CheckState.Unchecked)
 
 
-class EvaluateWidget(QWidget):
+class EvaluateWidget(PluginWidget):
     """Faithfulness, sensitivity, complexity and randomisation of the chosen methods on one scan."""
 
     def __init__(self, napari_viewer: napari.Viewer):
         from ..attribution.api import METHODS
         from ..metrics import METRICS
 
-        super().__init__()
-        self.viewer = napari_viewer = plain_viewer(napari_viewer)
-        self.state = api.session(napari_viewer)
+        super().__init__(napari_viewer)
+        napari_viewer = self.viewer
         self.table = None
         self._metrics_info = METRICS
         lay = QVBoxLayout(self)

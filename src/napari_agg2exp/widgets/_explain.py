@@ -14,18 +14,15 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QVBoxLayout,
-    QWidget,
 )
 
 from .. import viewer_api as api
-from ._common import LayerCombo, Runner, plain_viewer, run_row
+from ._common import PluginWidget, LayerCombo, Runner, run_row
 from ._segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,7 +45,7 @@ def parameter_widget(name: str, default: Any):
     return create_widget(value=default, name=name, label=name.replace("_", " "), options=options)
 
 
-class ExplainWidget(QWidget):
+class ExplainWidget(PluginWidget):
     """Explain the segmentation of an image layer with an attribution method (one map per class)."""
 
     def __init__(self, napari_viewer: napari.Viewer):
@@ -56,12 +53,9 @@ class ExplainWidget(QWidget):
 
         from ..attribution.api import METHODS
 
-        super().__init__()
-        self.viewer = napari_viewer = plain_viewer(napari_viewer)
-        self.state = api.session(napari_viewer)
-        lay = QVBoxLayout(self)
-        form = QFormLayout()
-        lay.addLayout(form)
+        super().__init__(napari_viewer)
+        napari_viewer = self.viewer
+        lay, form = self._frame()
         self._image = LayerCombo(napari_viewer, is_scan)
         form.addRow("Image", self._image)
         self._method = QComboBox()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QLabel
 
 from .. import viewer_api as api
-from ._common import Runner, plain_viewer, run_row
+from ._common import PluginWidget, Runner, run_row
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -25,7 +25,7 @@ def describe_model(model) -> str:
             f"window {'×'.join(str(v) for v in model.window_size)}<br><small>{names}</small>")
 
 
-class ModelWidget(QWidget):
+class ModelWidget(PluginWidget):
     """Choose and load the segmentation model used by the other widgets of this viewer.
 
     The device list shows only the devices that exist here (``auto``: cuda > mps > cpu).
@@ -36,12 +36,9 @@ class ModelWidget(QWidget):
 
         from ..models import available_devices
 
-        super().__init__()
-        self.viewer = napari_viewer = plain_viewer(napari_viewer)
-        self.state = api.session(napari_viewer)
-        lay = QVBoxLayout(self)
-        form = QFormLayout()
-        lay.addLayout(form)
+        super().__init__(napari_viewer)
+        napari_viewer = self.viewer
+        lay, form = self._frame()
         self._source = QComboBox()
         self._source.addItems(SOURCES)
         form.addRow("Source", self._source)

@@ -23,11 +23,10 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import viewer_api as api
-from ._common import FigureView, LayerCombo, Runner, notify_error, plain_viewer, run_row
+from ._common import PluginWidget, FigureView, LayerCombo, Runner, notify_error, run_row
 from ._segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,13 +65,12 @@ def bar_figure(rows, measure: str, part: str, target: str, highlight: str | None
     return fig
 
 
-class RoiImportanceWidget(QWidget):
+class RoiImportanceWidget(PluginWidget):
     """Local RoI importance of the selected class: table + bar chart; click to go to the RoI."""
 
     def __init__(self, napari_viewer: napari.Viewer):
-        super().__init__()
-        self.viewer = napari_viewer = plain_viewer(napari_viewer)
-        self.state = api.session(napari_viewer)
+        super().__init__(napari_viewer)
+        napari_viewer = self.viewer
         self.table = None  # last long table (case,target,roi,part,mass,mean)
         self._table_key: tuple | None = None
         self._watched = None

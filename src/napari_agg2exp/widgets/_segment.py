@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QDoubleSpinBox, QLabel
 
 from .. import viewer_api as api
-from ._common import LayerCombo, Runner, plain_viewer, run_row
+from ._common import PluginWidget, LayerCombo, Runner, run_row
 from ._model import describe_model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,16 +23,13 @@ def is_scan(layer) -> bool:
     return isinstance(layer, Image) and api._kind(layer) is None and not layer.rgb
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(PluginWidget):
     """Segment an image layer with the session's model (sliding window, in a thread worker)."""
 
     def __init__(self, napari_viewer: napari.Viewer):
-        super().__init__()
-        self.viewer = napari_viewer = plain_viewer(napari_viewer)
-        self.state = api.session(napari_viewer)
-        lay = QVBoxLayout(self)
-        form = QFormLayout()
-        lay.addLayout(form)
+        super().__init__(napari_viewer)
+        napari_viewer = self.viewer
+        lay, form = self._frame()
         self._image = LayerCombo(napari_viewer, is_scan)
         form.addRow("Image", self._image)
         self._overlap = QDoubleSpinBox()

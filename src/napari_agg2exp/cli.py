@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ._malloc import tune_malloc
+
+    tune_malloc()  # before any worker thread exists (see _malloc)
     try:
         rc = args.func(args)
     except Agg2ExpError as e:

@@ -284,6 +284,28 @@ class CohortSummary:
     tables: dict[str, Path]
 
 
+def _local_cluster(n_workers: int, threads_per_worker: int):
+    """A LocalCluster of single-threaded worker processes, one case at a time each.
+
+    Dask spawns workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (give freed memory back at once); for
+    sliding-window attribution that means page-faulting every window's tensors in again, so the
+    workers get this package's allocator settings instead (:mod:`._malloc`; off with
+    ``AGG2EXP_MALLOC_TUNING=0``).
+    """
+    import dask
+    from distributed import LocalCluster
+
+    from ._malloc import MALLOC_ENV, malloc_tuning_enabled
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    if malloc_tuning_enabled():
+        environ.update(MALLOC_ENV)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                            dashboard_address=None, silence_logs=40,
+                            env={"OMP_NUM_THREADS": str(threads_per_worker)})
+
+
 def run_cohort(
     manifest: str | os.PathLike | list[dict[str, str]],
     out_dir: str | os.PathLike,
@@ -308,7 +330,7 @@ def run_cohort(
         scheduler: address of a running Dask scheduler (``tcp://host:8786``) instead of a LocalCluster.
         retry_failed: also redo the cases listed in ``failed.csv``.
     """
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     rows = read_manifest(manifest) if not isinstance(manifest, list) else manifest
     out = Path(out_dir)
@@ -334,9 +356,7 @@ def run_cohort(
             except Exception:  # pragma: no cover
                 n_gpu = 0
             n = workers or max(1, n_gpu)
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40,
-                                   env={"OMP_NUM_THREADS": str(threads_per_worker)})
+            cluster = _local_cluster(n, threads_per_worker)
             client = Client(cluster)
         try:
             stamp = f"{os.getpid()}-{time.time_ns()}"

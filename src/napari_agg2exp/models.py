@@ -333,6 +333,9 @@ def load_model(
     """
     import torch
 
+    from ._malloc import tune_malloc
+
+    tune_malloc()  # large tensors reuse freed heap memory instead of page-faulting it in again
     dev = resolve_device(device)
     p = Path(model) if model is not None else bundled_model_path()
     if not p.exists():

@@ -165,14 +165,14 @@ class SlidingWindowTarget:
             xw = x[(slice(None),) + wt.slices][:, None].detach().clone().requires_grad_(True)
             rows = wt.class_rows
             w = self.window_weights(wt)  # (K_w, *window): 1[M_c] · b / count
+            batched = self.batch_classes and len(rows) > 1
             with torch.enable_grad():
                 z = _forward(self.network, xw, None)
-            with torch.no_grad():
-                scores += self._window_scores(z, wt, w)
-            if self.batch_classes and len(rows) > 1:
-                with torch.enable_grad():
-                    zc = z[:, [self.classes[k] for k in rows]].float()  # (B, K_w, *w)
-                    sel = (zc * w[None]).flatten(2).sum(-1)  # (B, K_w)
+                with torch.set_grad_enabled(batched):  # only the batched VJP goes through the scores
+                    per_class = self._window_scores(z, wt, w)  # (B, K)
+            scores += per_class.detach()
+            if batched:
+                sel = per_class[:, rows]  # (B, K_w)
                 eye = torch.eye(len(rows), device=self.device)
                 gouts = eye[:, None, :] * w_b[None, :, None]  # (K_w, B, K_w)
                 (g,) = torch.autograd.grad(sel, xw, grad_outputs=gouts, is_grads_batched=True)

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import viewer_api as api
-from ._common import PluginWidget, FigureView, Runner, notify_error, run_row
+from ._common import FigureView, PluginWidget, Runner, notify_error, run_row
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari

@@ -21,11 +21,10 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
 )
 
 from .. import viewer_api as api
-from ._common import PluginWidget, LayerCombo, Runner, run_row
+from ._common import LayerCombo, PluginWidget, Runner, run_row
 from ._segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,9 +71,7 @@ class EvaluateWidget(PluginWidget):
         napari_viewer = self.viewer
         self.table = None
         self._metrics_info = METRICS
-        lay = QVBoxLayout(self)
-        form = QFormLayout()
-        lay.addLayout(form)
+        lay, form = self._frame()
         self._image = LayerCombo(napari_viewer, is_scan)
         form.addRow("Image", self._image)
         self._target = QComboBox()

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import viewer_api as api
-from ._common import PluginWidget, LayerCombo, Runner, run_row
+from ._common import LayerCombo, PluginWidget, Runner, run_row
 from ._segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover

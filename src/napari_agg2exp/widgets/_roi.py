@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import viewer_api as api
-from ._common import PluginWidget, FigureView, LayerCombo, Runner, notify_error, run_row
+from ._common import FigureView, LayerCombo, PluginWidget, Runner, notify_error, run_row
 from ._segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from qtpy.QtWidgets import QDoubleSpinBox, QLabel
 
 from .. import viewer_api as api
-from ._common import PluginWidget, LayerCombo, Runner, run_row
+from ._common import LayerCombo, PluginWidget, Runner, run_row
 from ._model import describe_model
 
 if TYPE_CHECKING:  # pragma: no cover

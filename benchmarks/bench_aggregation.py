@@ -2,8 +2,8 @@
 
 Computes the local importance (SPEC §4: mass and mean, parts abs/pos/neg) of 17 target maps over
 the 17 thorax RoIs of a synthetic thorax-like label volume, with
-:func:`napari_agg2exp.analysis.local_importance` (runs + weighted bincount) and with
-:func:`napari_agg2exp.analysis.naive_local_importance` (one masked sum per target × part × RoI),
+:func:`napari_agg2exp.importance.local.local_importance` (runs + weighted bincount) and with
+:func:`napari_agg2exp.importance.local.naive_local_importance` (one masked sum per target × part × RoI),
 side by side in one run, checks that both agree and prints the timings and the speedup.
 
 Usage::
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from napari_agg2exp.analysis.local import local_importance, naive_local_importance
-from napari_agg2exp.labels import THORAX_LABELS
+from napari_agg2exp.importance.local import local_importance, naive_local_importance
+from napari_agg2exp.data.labels import THORAX_LABELS
 
 
 def thorax_phantom(size: int) -> np.ndarray:

@@ -24,10 +24,10 @@ import torch
 
 
 def _setup(model_path, device):
-    from napari_agg2exp.inference import SlidingWindow, sliding_window_logits
-    from napari_agg2exp.models import load_model
-    from napari_agg2exp.phantom import make_phantom
-    from napari_agg2exp.preprocessing import preprocess
+    from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
+    from napari_agg2exp.models.loading import load_model
+    from napari_agg2exp.data.phantom.builder import make_phantom
+    from napari_agg2exp.data.preprocessing import preprocess
 
     model = load_model(model_path, device=device)
     for p in model.network.parameters():
@@ -135,9 +135,9 @@ def bench_shap(model, x, plan, labels, classes, n_samples):
 def memory_child(model_path, device, size):
     """Run in a fresh process: VG for all classes on a size³ volume; print peak RSS."""
     from napari_agg2exp.attribution import explain
-    from napari_agg2exp.models import load_model
-    from napari_agg2exp.phantom import make_phantom
-    from napari_agg2exp.volume import Volume
+    from napari_agg2exp.models.loading import load_model
+    from napari_agg2exp.data.phantom.builder import make_phantom
+    from napari_agg2exp.data.volume import Volume
 
     model = load_model(model_path, device=device)
     sp = model.preprocessing.spacing or (1.0, 1.0, 1.0)

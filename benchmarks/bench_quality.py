@@ -20,11 +20,12 @@ import torch
 
 def main(argv=None) -> int:
     from napari_agg2exp.attribution import SlidingWindowTarget
-    from napari_agg2exp.inference import SlidingWindow, sliding_window_logits
-    from napari_agg2exp.metrics import AttributionFunction, random_subsets, score_drops
-    from napari_agg2exp.models import load_model
-    from napari_agg2exp.phantom import make_phantom
-    from napari_agg2exp.preprocessing import preprocess
+    from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
+    from napari_agg2exp.evaluation.attribution_function import AttributionFunction
+    from napari_agg2exp.evaluation.metrics import random_subsets, score_drops
+    from napari_agg2exp.models.loading import load_model
+    from napari_agg2exp.data.phantom.builder import make_phantom
+    from napari_agg2exp.data.preprocessing import preprocess
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)

@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     from napari.utils.colormaps import DirectLabelColormap
     from qtpy.QtWidgets import QApplication
 
-    from napari_agg2exp import viewer_api as agg
-    from napari_agg2exp.models import bundled_model_path
+    from napari_agg2exp.viewer import session as agg
+    from napari_agg2exp.models.loading import bundled_model_path
 
     if args.model is None and not bundled_model_path().exists():
         sys.exit(f"the bundled model is not installed ({bundled_model_path()}) -- pass --model FOLDER")

@@ -22,8 +22,8 @@ def _seed_everything():
 
 
 def tiny_spec(class_names=("background", "a", "b"), window=(16, 16, 16), spacing=None, arch="UNet", arguments=None):
-    from napari_agg2exp.models import ModelSpec
-    from napari_agg2exp.preprocessing import PreprocessingSpec
+    from napari_agg2exp.models.loading import ModelSpec
+    from napari_agg2exp.data.preprocessing import PreprocessingSpec
 
     args = arguments if arguments is not None else {"channels": [4, 8], "strides": [2], "num_res_units": 0}
     return ModelSpec(
@@ -40,7 +40,7 @@ def tiny_model_dir(tmp_path):
     """A saved tiny UNet model folder (3 classes, window 16, keeps the input spacing)."""
     import torch
 
-    from napari_agg2exp.models import build_network, save_model
+    from napari_agg2exp.models.loading import build_network, save_model
 
     spec = tiny_spec()
     torch.manual_seed(1)
@@ -51,7 +51,7 @@ def tiny_model_dir(tmp_path):
 @pytest.fixture
 def ct_file(tmp_path):
     """A small CT-like NIfTI (HU) with a non-trivial affine."""
-    from napari_agg2exp.volume import Volume, save_volume
+    from napari_agg2exp.data.volume import Volume, save_volume
 
     rng = np.random.default_rng(0)
     arr = rng.normal(0, 300, (20, 18, 17)).astype(np.float32)

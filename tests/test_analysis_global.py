@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_agg2exp.analysis.global_ import (
+from napari_agg2exp.importance.global_importance import (
     global_importance,
     importance_graph,
     prune_edges,
@@ -16,8 +16,8 @@ from napari_agg2exp.analysis.global_ import (
     write_global_analysis,
     write_graphml,
 )
-from napari_agg2exp.analysis.outliers import outlier_analysis, outlier_scores, spearman_table
-from napari_agg2exp.analysis.tables import (
+from napari_agg2exp.importance.outliers import outlier_analysis, outlier_scores, spearman_table
+from napari_agg2exp.importance.tables import (
     has_parquet,
     read_local_table,
     read_local_tables,

@@ -6,12 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_agg2exp.analysis.local import (
-    _LabelIndex,
-    local_importance,
-    naive_local_importance,
-    parse_joins,
-)
+from napari_agg2exp.importance.local import _LabelIndex, local_importance, naive_local_importance, parse_joins
 from napari_agg2exp.errors import Agg2ExpError, Cancelled
 
 NAMES = ["background", "aorta", "heart", "trachea", "ribs"]

@@ -18,9 +18,9 @@ from napari_agg2exp.attribution import (
     shapley_coalitions,
     solve_shapley,
 )
-from napari_agg2exp.inference import SlidingWindow, sliding_window_logits
-from napari_agg2exp.models import SegmentationModel, build_network
-from napari_agg2exp.volume import Volume
+from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
+from napari_agg2exp.models.loading import SegmentationModel, build_network
+from napari_agg2exp.data.volume import Volume
 
 from conftest import tiny_spec
 

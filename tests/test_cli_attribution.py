@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_agg2exp.cli import main
-from napari_agg2exp.volume import Volume, load_volume, save_volume
+from napari_agg2exp.cli.main import main
+from napari_agg2exp.data.volume import Volume, load_volume, save_volume
 
 
 @pytest.fixture
 def bn_model_dir(tmp_path):
     import torch
 
-    from napari_agg2exp.models import build_network, save_model
+    from napari_agg2exp.models.loading import build_network, save_model
 
     from conftest import tiny_spec
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_agg2exp.cli import main
-from napari_agg2exp.volume import Volume, load_volume, save_volume
+from napari_agg2exp.cli.main import main
+from napari_agg2exp.data.volume import Volume, load_volume, save_volume
 
 from conftest import tiny_spec, write_labels_json
 
@@ -98,7 +98,7 @@ def test_not_a_model(tmp_path, ct_file, capsys):
 
 
 def test_pickle_checkpoint_needs_trust(tmp_path, ct_file, capsys):
-    from napari_agg2exp.models import build_network
+    from napari_agg2exp.models.loading import build_network
 
     spec = tiny_spec()
     net = build_network(spec)
@@ -120,7 +120,7 @@ class _Custom:
 
 
 def test_plain_torch_checkpoint_weights_only(tmp_path, ct_file):
-    from napari_agg2exp.models import build_network
+    from napari_agg2exp.models.loading import build_network
 
     spec = tiny_spec()
     net = build_network(spec)
@@ -133,7 +133,7 @@ def test_plain_torch_checkpoint_weights_only(tmp_path, ct_file):
 
 
 def test_label_count_mismatch(tmp_path, tiny_model_dir, ct_file, capsys):
-    from napari_agg2exp.models import build_network
+    from napari_agg2exp.models.loading import build_network
 
     names = write_labels_json(tmp_path / "labels4.json", ["background", "a", "b", "c"])
     out = tmp_path / "out"
@@ -158,7 +158,7 @@ def test_bad_window_options(tmp_path, tiny_model_dir, ct_file, capsys):
 
 
 def test_train_two_steps_and_resume(tmp_path, capsys):
-    from napari_agg2exp.phantom import write_phantom_cohort
+    from napari_agg2exp.data.phantom.builder import write_phantom_cohort
 
     data = tmp_path / "data"
     write_phantom_cohort(data, 3, seed=5, shape=(40, 36, 40), spacing=7.0)

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from napari_agg2exp.cli import main
+from napari_agg2exp.cli.main import main
 
 from test_metrics import PHANTOM_GRID, tiny_thorax_model_dir, train_tiny_model  # noqa: F401 (fixture)
 
@@ -17,7 +17,7 @@ FAST = ["--subsets", "5", "--subset-size", "300", "--noise-samples", "1", "--ste
 
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory):
-    from napari_agg2exp.phantom import write_phantom_cohort
+    from napari_agg2exp.data.phantom.builder import write_phantom_cohort
 
     out = tmp_path_factory.mktemp("cohort") / "phantoms"
     write_phantom_cohort(out, 3, seed=3, pathology=False, **PHANTOM_GRID)

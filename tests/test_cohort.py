@@ -12,15 +12,15 @@ import time
 import pandas as pd
 import pytest
 
-from napari_agg2exp.cli import main
+from napari_agg2exp.cli.main import main
 
 
 @pytest.fixture
 def cohort_inputs(tmp_path):
     import torch
 
-    from napari_agg2exp.models import build_network, save_model
-    from napari_agg2exp.phantom import write_phantom_cohort
+    from napari_agg2exp.models.loading import build_network, save_model
+    from napari_agg2exp.data.phantom.builder import write_phantom_cohort
 
     from conftest import tiny_spec
 
@@ -65,7 +65,7 @@ def test_local_cluster_two_workers(cohort_inputs, tmp_path, capsys):
 def test_kill_and_resume(cohort_inputs, tmp_path):
     model, manifest = cohort_inputs
     out = tmp_path / "cohort"
-    cmd = [sys.executable, "-m", "napari_agg2exp.cli"] + _cohort_args(model, manifest, out, "--workers", "1", "--steps", "40")
+    cmd = [sys.executable, "-m", "napari_agg2exp.cli.main"] + _cohort_args(model, manifest, out, "--workers", "1", "--steps", "40")
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240

@@ -6,8 +6,8 @@ import json
 
 import pandas as pd
 
-from napari_agg2exp.cli import main
-from napari_agg2exp.models import bundled_model_path, load_model
+from napari_agg2exp.cli.main import main
+from napari_agg2exp.models.loading import bundled_model_path, load_model
 
 
 def test_bundled_model_loads_and_is_small():

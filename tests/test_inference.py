@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_agg2exp.inference import SlidingWindow, segment, sliding_window_logits
-from napari_agg2exp.models import ARCHITECTURES, SegmentationModel, build_network, load_model
-from napari_agg2exp.preprocessing import PreprocessingSpec, preprocess, to_input_grid
-from napari_agg2exp.volume import Volume
+from napari_agg2exp.models.inference import SlidingWindow, segment, sliding_window_logits
+from napari_agg2exp.models.loading import ARCHITECTURES, SegmentationModel, build_network, load_model
+from napari_agg2exp.data.preprocessing import PreprocessingSpec, preprocess, to_input_grid
+from napari_agg2exp.data.volume import Volume
 
 from conftest import tiny_spec
 
@@ -109,7 +109,7 @@ def test_prediction_of_reoriented_scan_equals_reoriented_prediction(tiny_model_d
     ],
 )
 def test_each_architecture_builds_from_spec(arch, arguments, window, tmp_path):
-    from napari_agg2exp.models import save_model
+    from napari_agg2exp.models.loading import save_model
 
     assert arch in ARCHITECTURES
     spec = tiny_spec(arch=arch, arguments=arguments, window=(window,) * 3)
@@ -125,7 +125,7 @@ def test_each_architecture_builds_from_spec(arch, arguments, window, tmp_path):
 
 
 def test_device_auto_and_fallback():
-    from napari_agg2exp.models import available_devices, resolve_device
+    from napari_agg2exp.models.loading import available_devices, resolve_device
 
     assert available_devices()[-1] == "cpu"
     assert resolve_device("cpu").type == "cpu"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from napari_agg2exp._malloc import MALLOC_ENV, malloc_tuning_enabled
+from napari_agg2exp.malloc_tuning import MALLOC_ENV, malloc_tuning_enabled
 
 pytestmark = pytest.mark.skipif(not malloc_tuning_enabled(), reason="glibc on Linux only")
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not malloc_tuning_enabled(), reason="glibc on Li
 PROBE = """
 import resource, sys
 import torch
-from napari_agg2exp._malloc import tune_malloc
+from napari_agg2exp.malloc_tuning import tune_malloc
 print(tune_malloc())
 for _ in range(10):  # the heap settles (the first ones fault in either case)
     torch.ones(16 << 20)
@@ -48,7 +48,7 @@ def test_freed_tensors_are_reused_not_refaulted():
 def test_dask_workers_get_the_settings():
     from distributed import Client
 
-    from napari_agg2exp.cohort import _local_cluster
+    from napari_agg2exp.workflows.cohort import _local_cluster
 
     with _local_cluster(1, 1) as cluster, Client(cluster) as client:
         seen = next(iter(client.run(lambda: {k: os.environ.get(k) for k in MALLOC_ENV}).values()))

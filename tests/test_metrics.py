@@ -10,29 +10,28 @@ import pytest
 import torch
 
 from napari_agg2exp.errors import Agg2ExpError, Cancelled
-from napari_agg2exp.inference import SlidingWindow, sliding_window_logits
-from napari_agg2exp.metrics import (
-    AttributionFunction,
-    anova_table,
+from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
+from napari_agg2exp.evaluation.attribution_function import AttributionFunction
+from napari_agg2exp.evaluation.compare import anova_table, comparison_markdown, dice_table, mean_dice_table
+from napari_agg2exp.evaluation.metrics import (
     average_sensitivity,
-    comparison_markdown,
-    dice_table,
     effective_complexity,
-    evaluate_case,
     faithfulness_correlation,
-    look_up_metric,
-    make_perturbations,
-    mean_dice_table,
     normalise_by_max,
     random_subsets,
     randomise_network,
     rank_correlation,
     score_drops,
-    summarise,
-    summary_markdown,
     uniform_noise,
 )
-from napari_agg2exp.models import build_network
+from napari_agg2exp.evaluation.evaluate import (
+    evaluate_case,
+    look_up_metric,
+    make_perturbations,
+    summarise,
+    summary_markdown,
+)
+from napari_agg2exp.models.loading import build_network
 
 from conftest import tiny_spec
 
@@ -69,10 +68,10 @@ def train_tiny_model(out_dir, *, steps: int = 20, seed: int = 0, phantom_seed: i
 
     Model grid 14 mm (20×18×20 voxels for the 40×36×40 phantoms at 7 mm), one 20³ window (fast).
     """
-    from napari_agg2exp.labels import THORAX_LABELS
-    from napari_agg2exp.models import save_model
-    from napari_agg2exp.phantom import make_phantom
-    from napari_agg2exp.preprocessing import preprocess, preprocess_labels
+    from napari_agg2exp.data.labels import THORAX_LABELS
+    from napari_agg2exp.models.loading import save_model
+    from napari_agg2exp.data.phantom.builder import make_phantom
+    from napari_agg2exp.data.preprocessing import preprocess, preprocess_labels
 
     spec = tiny_spec(class_names=THORAX_LABELS, window=(20, 20, 20), spacing=(14.0, 14.0, 14.0),
                      arguments={"channels": [4, 8], "strides": [2], "num_res_units": 0, "norm": "batch"})
@@ -98,8 +97,8 @@ def tiny_thorax_model_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_thorax(tiny_thorax_model_dir):
-    from napari_agg2exp.models import load_model
-    from napari_agg2exp.phantom import make_phantom
+    from napari_agg2exp.models.loading import load_model
+    from napari_agg2exp.data.phantom.builder import make_phantom
 
     model = load_model(tiny_thorax_model_dir, device="cpu")
     image, labels, _ = make_phantom(8, **PHANTOM_GRID).volumes()
@@ -261,7 +260,7 @@ def test_subset_size_clipped_for_small_volumes_with_warning():
 
 
 def test_every_method_sees_the_same_subsets_noise_and_random_weights(tiny_thorax, monkeypatch):
-    import napari_agg2exp.metrics.evaluate as ev
+    import napari_agg2exp.evaluation.evaluate as ev
 
     model, image, _ = tiny_thorax
     seen: dict[str, list] = {"subsets": [], "noise": [], "networks": [], "inputs": []}
@@ -346,7 +345,7 @@ def test_evaluate_case_table_ranges_and_model_restored(tiny_thorax):
 
 def test_evaluate_case_absent_classes_errors_and_cancel(tiny_thorax):
     model, image, _ = tiny_thorax
-    from napari_agg2exp.inference import segment
+    from napari_agg2exp.models.inference import segment
 
     present = set(np.unique(segment(model, image).labels_model_grid).tolist())
     absent = [n for i, n in enumerate(model.class_names) if i not in present]
@@ -404,9 +403,9 @@ def test_anova_matches_scipy_and_marks_significance():
 
 
 def test_dice_table_maps_data_label_names_to_model_channels(tiny_thorax, tmp_path):
-    from napari_agg2exp.quality import dice_iou
-    from napari_agg2exp.inference import segment
-    from napari_agg2exp.volume import save_volume
+    from napari_agg2exp.evaluation.dice import dice_iou
+    from napari_agg2exp.models.inference import segment
+    from napari_agg2exp.data.volume import save_volume
 
     model, image, labels = tiny_thorax
     case = tmp_path / "case_0000"

@@ -16,16 +16,16 @@ import torch
 
 quantus = pytest.importorskip("quantus")
 
-from napari_agg2exp.attribution import SlidingWindowTarget  # noqa: E402
-from napari_agg2exp.inference import SlidingWindow, sliding_window_logits  # noqa: E402
-from napari_agg2exp.metrics import (  # noqa: E402
-    AttributionFunction,
+from napari_agg2exp.attribution import SlidingWindowTarget
+from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
+from napari_agg2exp.evaluation.attribution_function import AttributionFunction
+from napari_agg2exp.evaluation.metrics import (
     average_sensitivity,
     effective_complexity,
     faithfulness_correlation,
     score_drops,
 )
-from napari_agg2exp.models import build_network  # noqa: E402
+from napari_agg2exp.models.loading import build_network
 
 from conftest import tiny_spec  # noqa: E402
 

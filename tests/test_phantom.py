@@ -11,9 +11,9 @@ import pytest
 from scipy.ndimage import binary_dilation
 
 from napari_agg2exp.errors import Agg2ExpError, Cancelled
-from napari_agg2exp.labels import PATHOLOGY_LABELS, THORAX_LABELS
-from napari_agg2exp.phantom import PhantomCase, case_seed, make_phantom, write_phantom_cohort
-from napari_agg2exp.volume import Volume, load_volume
+from napari_agg2exp.data.labels import PATHOLOGY_LABELS, THORAX_LABELS
+from napari_agg2exp.data.phantom.builder import PhantomCase, case_seed, make_phantom, write_phantom_cohort
+from napari_agg2exp.data.volume import Volume, load_volume
 
 L = {n: i for i, n in enumerate(THORAX_LABELS)}
 LOBES = [L[n] for n in THORAX_LABELS if n.startswith("lung_")]

@@ -1,4 +1,4 @@
-"""Scripted napari sessions (:mod:`napari_agg2exp.viewer_api`) on a real viewer with a tiny model."""
+"""Scripted napari sessions (:mod:`napari_agg2exp.viewer.session`) on a real viewer with a tiny model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ pytest.importorskip("napari")
 
 from test_widgets import save_tiny_model
 
-from napari_agg2exp import viewer_api as agg
+from napari_agg2exp.viewer import session as agg
 from napari_agg2exp.errors import Agg2ExpError
 
 
@@ -84,8 +84,8 @@ def test_select_class_shows_only_its_map(loaded):
 
 
 def test_cohort_over_open_scans_then_tables_and_folder(loaded, tmp_path):
-    from napari_agg2exp.analysis.tables import write_table
-    from napari_agg2exp.volume import Volume, save_volume
+    from napari_agg2exp.importance.tables import write_table
+    from napari_agg2exp.data.volume import Volume, save_volume
 
     viewer = loaded
     ct = viewer.layers["phantom CT"]
@@ -123,7 +123,7 @@ def test_user_errors_name_the_fix(make_napari_viewer, tiny_model_folder):
 
 
 def test_go_to_roi_moves_to_largest_slice(viewer):
-    from napari_agg2exp.analysis.figures import best_slices
+    from napari_agg2exp.report.case_figures import best_slices
 
     labels = viewer.layers["phantom labels"]
     idx = agg.go_to_roi(viewer, labels, "heart")

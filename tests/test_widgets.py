@@ -18,7 +18,7 @@ pytest.importorskip("pytestqt")
 
 from conftest import tiny_spec
 
-from napari_agg2exp import viewer_api as agg
+from napari_agg2exp.viewer import session as agg
 from napari_agg2exp.errors import Cancelled
 
 PLUGIN = "napari-agg2exp"
@@ -50,7 +50,7 @@ def save_tiny_model(folder):
     """A tiny UNet model folder (classes background, a, b; 16³ window; 6 mm model grid)."""
     import torch
 
-    from napari_agg2exp.models import build_network, save_model
+    from napari_agg2exp.models.loading import build_network, save_model
 
     spec = tiny_spec(spacing=(6.0, 6.0, 6.0),
                      arguments={"channels": [4, 8], "strides": [2], "num_res_units": 0, "norm": "batch"})
@@ -66,7 +66,7 @@ def tiny_model_folder(tmp_path_factory):
 @pytest.fixture
 def notes(monkeypatch):
     """Notifications shown by the widgets: list of (level, message)."""
-    from napari_agg2exp.widgets import _common
+    from napari_agg2exp.viewer.widgets import base as _common
 
     seen: list[tuple[str, str]] = []
     for level in ("error", "warning", "info"):
@@ -128,7 +128,7 @@ def test_each_widget_builds_from_manifest(make_napari_viewer, name):
 
 
 def test_full_flow_segment_explain_roi_graph(viewer, tiny_model_folder, qtbot, notes):
-    from napari_agg2exp.models import available_devices
+    from napari_agg2exp.models.loading import available_devices
 
     image = scan(viewer)
     # Model: a folder, devices that exist
@@ -200,7 +200,7 @@ def test_full_flow_segment_explain_roi_graph(viewer, tiny_model_folder, qtbot, n
     assert roi_w._plot.figure is not None
 
     # clicking a row moves the viewer to that RoI's slice of largest area
-    from napari_agg2exp.analysis.figures import best_slices
+    from napari_agg2exp.report.case_figures import best_slices
 
     roi = roi_w._grid.item(0, 0).text()
     roi_w._grid.cellClicked.emit(0, 0)
@@ -247,7 +247,7 @@ def test_model_widget_torchscript_with_labels(make_napari_viewer, qtbot, tmp_pat
 
     import torch
 
-    from napari_agg2exp.models import build_network
+    from napari_agg2exp.models.loading import build_network
 
     net = build_network(tiny_spec()).eval()
     ts = tmp_path / "net.pt"

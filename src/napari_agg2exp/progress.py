@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from .errors import Cancelled
+from napari_agg2exp.errors import Cancelled
 
 __all__ = ["ProgressCallback", "CancelFlag", "check_cancel", "report", "SubProgress"]
 

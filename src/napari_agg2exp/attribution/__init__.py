@@ -4,10 +4,22 @@
 take a :class:`SlidingWindowTarget` as their forward function.
 """
 
-from .api import METHODS, Explanation, explain, method_defaults, resolve_targets
-from .gradient import IntegratedGradients, Saliency, SmoothGrad, ig_alphas
-from .kernel_shap import KernelShap, cube_feature_mask, exact_shapley, shapley_coalitions, solve_shapley
-from .target import SlidingWindowTarget
+from napari_agg2exp.attribution.explainer import (
+    METHODS,
+    Explanation,
+    explain,
+    method_defaults,
+    resolve_targets,
+)
+from napari_agg2exp.attribution.gradient import IntegratedGradients, Saliency, SmoothGrad, ig_alphas
+from napari_agg2exp.attribution.kernel_shap import (
+    KernelShap,
+    cube_feature_mask,
+    exact_shapley,
+    shapley_coalitions,
+    solve_shapley,
+)
+from napari_agg2exp.attribution.target import SlidingWindowTarget
 
 __all__ = [
     "METHODS",

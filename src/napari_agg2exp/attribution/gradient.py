@@ -12,9 +12,9 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from ..errors import Agg2ExpError
-from ..progress import CancelFlag, ProgressCallback, SubProgress
-from .target import SlidingWindowTarget
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress
+from napari_agg2exp.attribution.target import SlidingWindowTarget
 
 __all__ = ["Saliency", "IntegratedGradients", "SmoothGrad", "ig_alphas"]
 

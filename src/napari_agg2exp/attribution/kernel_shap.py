@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import Agg2ExpError
-from ..progress import CancelFlag, ProgressCallback, report
-from .target import SlidingWindowTarget
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.progress import CancelFlag, ProgressCallback, report
+from napari_agg2exp.attribution.target import SlidingWindowTarget
 
 __all__ = ["KernelShap", "cube_feature_mask", "shapley_coalitions", "solve_shapley", "exact_shapley"]
 
@@ -186,7 +186,7 @@ class KernelShap:
         """
         import torch
 
-        from .gradient import _as_volume
+        from napari_agg2exp.attribution.gradient import _as_volume
 
         if spread not in ("even", "broadcast"):
             raise Agg2ExpError(f"spread must be 'even' or 'broadcast', got {spread!r}")

@@ -13,9 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import Agg2ExpError
-from ..inference import SlidingWindow, _forward
-from ..progress import CancelFlag, ProgressCallback, check_cancel, report
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.models.inference import SlidingWindow, _forward
+from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 
 __all__ = ["SlidingWindowTarget"]
 

@@ -1,0 +1,205 @@
+"""``agg2exp`` analysis commands: ``aggregate``, ``global``, ``outliers``, ``report``.
+
+Thin callers of :mod:`napari_agg2exp.importance`; every user error raises
+:class:`~napari_agg2exp.errors.Agg2ExpError` (printed on one line, exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from napari_agg2exp.errors import Agg2ExpError
+
+__all__ = ["register"]
+
+
+def _check_out_file(path: str, overwrite: bool) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise Agg2ExpError(f"--out {p} is a folder -- give a file name such as {p / 'local_importance.csv'}")
+    if p.exists() and not overwrite:
+        raise Agg2ExpError(f"output file {p} exists -- choose another --out or pass --overwrite")
+    name = p.name.lower()
+    if not name.endswith((".csv", ".parquet", ".pq")):
+        raise Agg2ExpError(f"--out {p}: use a .csv file (or .parquet with pyarrow installed)")
+    return p
+
+
+def _parts(text: str) -> list[str]:
+    from napari_agg2exp.importance.local import look_up_part
+
+    return [look_up_part(p) for p in text.split(",") if p.strip()]
+
+
+def _cmd_aggregate(args: argparse.Namespace) -> int:
+    from napari_agg2exp.workflows.case_folder import case_local_importance, load_case
+    from napari_agg2exp.importance.tables import write_table
+    from napari_agg2exp.cli.main import TerminalProgress
+    from napari_agg2exp.data.labels import read_label_names
+    from napari_agg2exp.data.volume import load_volume
+
+    out = _check_out_file(args.out, args.overwrite)
+    parts = _parts(args.parts)
+    if args.roi_names and not (args.rois or args.ground_truth):
+        raise Agg2ExpError("--roi-names names the labels of --rois (or --ground-truth) -- pass one of those too")
+    case = load_case(args.attributions, load_image=False)
+    rois = roi_names = None
+    ground_truth = False
+    skip = None
+    if args.rois:
+        rois = load_volume(args.rois, what="RoI label volume")
+        roi_names = read_label_names(args.roi_names) if args.roi_names else None
+        skip = () if args.keep_zero else None
+    elif args.ground_truth is True:
+        ground_truth = True
+        if args.roi_names:
+            ground_truth = False
+            rois = case.load_ground_truth()
+            roi_names = read_label_names(args.roi_names)
+            skip = ()
+    elif args.ground_truth:
+        rois = load_volume(args.ground_truth, what="ground truth")
+        roi_names = read_label_names(args.roi_names) if args.roi_names else list(case.class_names)
+        skip = ()
+    df = case_local_importance(case, rois, roi_names, ground_truth=ground_truth, joins=args.join, parts=parts,
+                               skip_labels=skip, progress=TerminalProgress("aggregate"))
+    write_table(df, out)
+    print(f"wrote {len(df)} rows ({df['target'].nunique()} targets x {df['roi'].nunique()} RoIs x {len(parts)} "
+          f"parts) to {out}")
+    return 0
+
+
+def _cmd_global(args: argparse.Namespace) -> int:
+    from napari_agg2exp.importance.global_importance import prune_edges, read_groups, write_global_analysis
+    from napari_agg2exp.importance.local import look_up_part
+    from napari_agg2exp.importance.tables import read_local_tables
+    from napari_agg2exp.cli.main import TerminalProgress, prepare_out_dir
+
+    part = look_up_part(args.part)
+    prune_edges({}, args.keep_mass)  # validates the threshold before anything is written
+    groups = read_groups(args.groups) if args.groups else None
+    local = read_local_tables(args.tables)
+    out = prepare_out_dir(args.out, args.overwrite)
+    written = write_global_analysis(local, out, part=part, keep_mass=args.keep_mass, groups=groups,
+                                    progress=TerminalProgress("figures"))
+    n_dist = sum(1 for k in written if k.startswith("distributions/"))
+    print(f"{local['case'].nunique()} cases, {local['target'].nunique()} targets, {local['roi'].nunique()} RoIs")
+    print(f"wrote {out}/global_importance.csv, graph.graphml, graph.png, heatmap.png and {n_dist} figures in "
+          f"{out}/distributions/")
+    return 0
+
+
+def _cmd_outliers(args: argparse.Namespace) -> int:
+    from napari_agg2exp.importance.local import look_up_part
+    from napari_agg2exp.importance.outliers import outlier_analysis, write_outlier_analysis
+    from napari_agg2exp.importance.tables import read_local_tables, read_quality_table
+    from napari_agg2exp.cli.main import prepare_out_dir
+
+    part = look_up_part(args.part)
+    train = read_local_tables(args.train)
+    test = read_local_tables(args.test)
+    quality = read_quality_table(args.quality)
+    result = outlier_analysis(train, test, quality, seed=args.seed, part=part)
+    out = prepare_out_dir(args.out, args.overwrite)
+    write_outlier_analysis(result, out, quality)
+    for target, why in result.skipped.items():
+        print(f"skipped {target}: {why}")
+    print(result.spearman.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    n_out = int(result.scores["outlier"].sum())
+    print(f"{n_out} of {len(result.scores)} (case, target) pairs flagged; wrote {out}/scores.csv, spearman.csv, "
+          "spearman.png")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from napari_agg2exp.report.html import write_case_report, write_cohort_report
+    from napari_agg2exp.cli.main import TerminalProgress
+
+    if bool(args.case_dir) == bool(args.cohort):
+        raise Agg2ExpError("give either a CASE_DIR or --cohort DIR (one of them)")
+    if args.out and Path(args.out).is_dir():
+        raise Agg2ExpError(f"--out {args.out} is a folder -- give an .html file name")
+    if args.cohort:
+        path = write_cohort_report(args.cohort, args.out, top=args.top)
+    else:
+        path = write_case_report(args.case_dir, args.out, zero_background=args.zero_background, top=args.top,
+                                 progress=TerminalProgress("report"))
+    print(f"report written to {path}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``aggregate``, ``global``, ``outliers`` and ``report`` sub-commands."""
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = subparsers.add_parser(
+        "aggregate", formatter_class=fmt, help="local RoI importance of one explained case",
+        description="Local RoI importance (mass, mean; parts abs/pos/neg) of an explained case folder, for the "
+                    "predicted RoIs (default), the ground truth or a custom label volume, plus joined RoIs.\n\n"
+                    "example:\n  agg2exp aggregate --attributions out/case01 --rois pathology.nii.gz "
+                    "--roi-names pathology.json --out case01_pathology.csv",
+    )
+    p.add_argument("--attributions", required=True, metavar="CASE_DIR", help="output folder of `agg2exp explain`")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--rois", metavar="LABELS.nii.gz",
+                     help="custom RoI label volume (resampled to the case grid by nearest neighbour if its shape "
+                          "differs); label 0 is the unlabelled rest and is not reported unless --keep-zero")
+    src.add_argument("--ground-truth", nargs="?", const=True, default=None, metavar="LABELS.nii.gz",
+                     help="use ground-truth labels as RoIs (default file: the one named in attribution_info.json)")
+    p.add_argument("--roi-names", metavar="JSON", help='names of the RoI labels: {"0": "none", "1": "nodule", ...}')
+    p.add_argument("--join", action="append", default=[], metavar="NAME=a,b,...",
+                   help="joined RoI, the union of the named RoIs (repeatable), e.g. lung=lung_upper_lobe_left,...")
+    p.add_argument("--parts", default="abs,pos,neg", help="comma-separated parts among abs,pos,neg (default all)")
+    p.add_argument("--keep-zero", action="store_true", help="also report label 0 of a custom --rois volume")
+    p.add_argument("--out", required=True, metavar="FILE.csv", help="table to write (.csv, or .parquet)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=_cmd_aggregate)
+
+    p = subparsers.add_parser(
+        "global", formatter_class=fmt, help="global RoI importance, graph and figures of a cohort",
+        description="Global RoI importance over cases (mean, median, std, quartiles, n of mass), the RoI -> class "
+                    "importance graph (GraphML and figure), a heatmap and per-target box plots.\n\n"
+                    "writes DIR/global_importance.csv, graph.graphml, graph.png, heatmap.png, "
+                    "distributions/<target>.png",
+    )
+    p.add_argument("tables", nargs="+", metavar="LOCAL.csv", help="local importance tables (one or more)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--part", default="abs", help="part used for the graph and figures (default abs)")
+    p.add_argument("--keep-mass", type=float, default=0.35,
+                   help="per target keep the heaviest edges while their cumulative weight <= this (default 0.35); "
+                        "the heaviest edge is always kept")
+    p.add_argument("--groups", metavar="JSON", help='RoI -> semantic group overrides, e.g. {"nodule": "pathology"}')
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    p.set_defaults(func=_cmd_global)
+
+    p = subparsers.add_parser(
+        "outliers", formatter_class=fmt, help="IsolationForest outlier scan and Spearman correlation with Dice",
+        description="Per target, fit IsolationForest (100 trees) on the training cohort's abs mass vectors, score "
+                    "the test cohort (higher = more normal) and correlate the score with Dice (Spearman).\n\n"
+                    "writes DIR/scores.csv (case,target,score,outlier), DIR/spearman.csv (target,rho,p,n), "
+                    "DIR/spearman.png",
+    )
+    p.add_argument("--train", required=True, nargs="+", metavar="LOCAL.csv", help="local tables of the training cohort")
+    p.add_argument("--test", required=True, nargs="+", metavar="LOCAL.csv", help="local tables of the scanned cohort")
+    p.add_argument("--quality", required=True, metavar="QUALITY.csv", help="case,class,dice,iou of the test cases")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random_state of the forests (default 0)")
+    p.add_argument("--part", default="abs", help="part forming the features (default abs, as in the paper)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    p.set_defaults(func=_cmd_outliers)
+
+    p = subparsers.add_parser(
+        "report", formatter_class=fmt, help="self-contained HTML report of a case or a cohort",
+        description="One HTML file with embedded figures.\n\n"
+                    "  agg2exp report CASE_DIR           per-class figures and local importance\n"
+                    "  agg2exp report --cohort DIR       heatmap, graph, distributions, outliers (DIR = --out of "
+                    "`agg2exp global`, optional DIR/outliers/)",
+    )
+    p.add_argument("case_dir", nargs="?", metavar="CASE_DIR", help="output folder of `agg2exp explain`")
+    p.add_argument("--cohort", metavar="DIR", help="output folder of `agg2exp global`")
+    p.add_argument("--out", metavar="FILE.html", help="file to write (default: report.html in the folder)")
+    p.add_argument("--zero-background", action="store_true",
+                   help="show attributions only where the prediction is not background (e.g. KernelSHAP)")
+    p.add_argument("--top", type=int, default=5, help="RoIs listed per class (default 5)")
+    p.set_defaults(func=_cmd_report)

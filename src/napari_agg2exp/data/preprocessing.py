@@ -1,0 +1,237 @@
+"""Model preprocessing and its exact inverse (SPEC §9).
+
+Forward: orient to RAS, resample to the model's spacing, clip and scale intensities, pad to at
+least the window. Inverse: crop the padding, resample back to the oriented input's exact shape and
+undo the orientation, so every output (prediction, logits, attribution maps) lands on the input's
+own grid with the input's affine.
+
+Intensity scaling and padding use MONAI transforms (``ScaleIntensityRange``, ``SpatialPad``). The
+geometry (orientation, resampling) is done here with nibabel's orientation tools and
+``torch.nn.functional.interpolate`` instead of MONAI's ``Orientation``/``Spacing``: for the
+axis-aligned grids CT and MR scans use, that gives an exact, trace-free inverse onto the input's own
+shape and affine (a flip/permutation is undone bit-exactly), which MONAI's metadata-based inversion
+does not guarantee for arbitrary shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.data.volume import Volume
+
+__all__ = ["PreprocessingSpec", "Preprocessed", "preprocess", "preprocess_labels", "to_input_grid", "resample_array"]
+
+
+@dataclass
+class PreprocessingSpec:
+    """How a model wants its input (SPEC §9 defaults for CT).
+
+    Args:
+        orientation: axis codes to orient to (``"RAS"``), or ``None`` to keep the array axes.
+        spacing: target voxel size in mm, or ``None`` to keep the input's.
+        a_min, a_max: intensity window (HU for CT); values are clipped to it when ``clip``.
+        b_min, b_max: output range of the window.
+        clip: clip intensities to ``[a_min, a_max]``.
+        pad_to_window: pad every axis to at least the model's window.
+    """
+
+    orientation: str | None = "RAS"
+    spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5)
+    a_min: float = -1024.0
+    a_max: float = 1024.0
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = True
+    pad_to_window: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "PreprocessingSpec":
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise Agg2ExpError(f"unknown preprocessing keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        if d.get("spacing") is not None:
+            sp = d["spacing"]
+            sp = [float(sp)] * 3 if np.isscalar(sp) else [float(v) for v in sp]
+            if len(sp) != 3 or min(sp) <= 0:
+                raise Agg2ExpError(f"preprocessing spacing must be 3 positive numbers, got {d['spacing']}")
+            d["spacing"] = tuple(sp)
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["spacing"] is not None:
+            d["spacing"] = list(d["spacing"])
+        return d
+
+
+@dataclass
+class Preprocessed:
+    """A preprocessed volume and everything needed to map results back to the input grid.
+
+    Attributes:
+        array: (X, Y, Z) float32 model input (oriented, resampled, scaled, padded).
+        affine: affine of ``array``'s grid (the padding included).
+        input_shape, input_affine: the input's grid.
+        ornt: nibabel orientation transform from the input axes to the model axes.
+        oriented_shape: shape after orientation (before resampling).
+        resampled_shape: shape after resampling (before padding).
+        pad: per-axis ``(before, after)`` padding.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    input_shape: tuple[int, int, int]
+    input_affine: np.ndarray
+    ornt: np.ndarray
+    oriented_shape: tuple[int, int, int]
+    resampled_shape: tuple[int, int, int]
+    pad: tuple[tuple[int, int], ...] = field(default=((0, 0), (0, 0), (0, 0)))
+
+    @property
+    def crop(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(b, b + n) for (b, _), n in zip(self.pad, self.resampled_shape))
+
+
+def resample_array(array: np.ndarray, shape: tuple[int, ...], mode: str = "trilinear") -> np.ndarray:
+    """Resample the last three axes of ``array`` to ``shape`` (voxel-edge aligned grids).
+
+    ``array`` may have leading channel axes. ``mode`` is ``"trilinear"`` or ``"nearest"``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(array.shape[-3:]) == tuple(shape):
+        return array
+    lead = array.shape[:-3]
+    t = torch.as_tensor(np.ascontiguousarray(array))
+    dtype = t.dtype
+    t = t.reshape((1, -1) + tuple(array.shape[-3:]))
+    if mode == "nearest":
+        out = F.interpolate(t.float(), size=tuple(shape), mode="nearest-exact").to(dtype)
+    else:
+        out = F.interpolate(t.float(), size=tuple(shape), mode="trilinear", align_corners=False)
+    return out.reshape(lead + tuple(shape)).numpy()
+
+
+def _orient(volume: Volume, codes: str | None):
+    import nibabel.orientations as nio
+
+    if codes is None:
+        ornt = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+        return volume.array, volume.affine.copy(), ornt
+    src = nio.io_orientation(volume.affine)
+    tfm = nio.ornt_transform(src, nio.axcodes2ornt(tuple(codes)))
+    arr = nio.apply_orientation(volume.array, tfm)
+    aff = volume.affine @ nio.inv_ornt_aff(tfm, volume.array.shape)
+    return np.ascontiguousarray(arr), aff, tfm
+
+
+def preprocess(volume: Volume, spec: PreprocessingSpec, window_size: tuple[int, int, int] | None = None) -> Preprocessed:
+    """Map an input volume to the model's grid and intensity range.
+
+    Args:
+        volume: the input scan (any axis-aligned orientation, any spacing).
+        spec: the model's preprocessing.
+        window_size: the sliding window; every axis is padded to at least this size.
+
+    Returns:
+        The model input and the mapping back to ``volume``'s grid.
+    """
+    from monai.transforms import ScaleIntensityRange, SpatialPad
+
+    if volume.array.ndim != 3:
+        raise Agg2ExpError(f"expected a 3D volume, got shape {volume.array.shape}")
+    arr, aff, ornt = _orient(volume, spec.orientation)
+    oriented_shape = tuple(int(s) for s in arr.shape)
+    arr = arr.astype(np.float32, copy=False)
+    if spec.spacing is not None:
+        sp_in = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+        new_shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(oriented_shape, sp_in, spec.spacing))
+        if new_shape != oriented_shape:
+            arr = resample_array(arr, new_shape)
+            scale = np.array(oriented_shape, float) / np.array(new_shape, float)
+            # voxel-edge aligned: out index j maps to in index (j + 0.5) * scale - 0.5
+            m = np.eye(4)
+            m[:3, :3] = np.diag(scale)
+            m[:3, 3] = 0.5 * scale - 0.5
+            aff = aff @ m
+    resampled_shape = tuple(int(s) for s in arr.shape)
+    arr = ScaleIntensityRange(spec.a_min, spec.a_max, spec.b_min, spec.b_max, clip=spec.clip)(arr)
+    arr = np.asarray(arr, dtype=np.float32)
+    pad = ((0, 0),) * 3
+    if spec.pad_to_window and window_size is not None:
+        target = tuple(max(n, w) for n, w in zip(resampled_shape, window_size))
+        if target != resampled_shape:
+            padded = SpatialPad(spatial_size=target, mode="constant", value=float(spec.b_min) if spec.clip else 0.0)(arr[None])
+            padded = np.asarray(padded)[0]
+            pad = tuple(((t - n) // 2, t - n - (t - n) // 2) for t, n in zip(target, resampled_shape))
+            arr = padded
+            shift = np.eye(4)
+            shift[:3, 3] = [-b for b, _ in pad]
+            aff = aff @ shift
+    return Preprocessed(
+        array=np.ascontiguousarray(arr, dtype=np.float32),
+        affine=aff,
+        input_shape=tuple(int(s) for s in volume.array.shape),
+        input_affine=volume.affine.copy(),
+        ornt=ornt,
+        oriented_shape=oriented_shape,
+        resampled_shape=resampled_shape,
+        pad=pad,
+    )
+
+
+def preprocess_labels(labels: Volume | np.ndarray, pre: Preprocessed) -> np.ndarray:
+    """Map a label volume on the input grid onto the model grid of ``pre`` (nearest neighbour, padded with 0)."""
+    import nibabel.orientations as nio
+
+    arr = labels.array if isinstance(labels, Volume) else np.asarray(labels)
+    if tuple(arr.shape) != tuple(pre.input_shape):
+        raise Agg2ExpError(f"label volume shape {arr.shape} differs from the image's {pre.input_shape} -- they must share a grid")
+    arr = np.ascontiguousarray(nio.apply_orientation(arr, pre.ornt))
+    arr = resample_array(arr.astype(np.int16), pre.resampled_shape, mode="nearest")
+    return np.pad(arr, pre.pad, constant_values=0).astype(np.int16)
+
+
+def to_input_grid(array: np.ndarray, pre: Preprocessed, mode: str = "trilinear") -> np.ndarray:
+    """Map an array on the model grid (last three axes) back to the input's grid.
+
+    Args:
+        array: (..., X', Y', Z') on ``pre.array``'s grid (channels allowed in front).
+        pre: the mapping returned by :func:`preprocess`.
+        mode: ``"trilinear"`` for continuous maps (logits, attributions), ``"nearest"`` for labels.
+
+    Returns:
+        (..., X, Y, Z) on the input grid (``pre.input_shape``, ``pre.input_affine``).
+    """
+    import nibabel.orientations as nio
+
+    if tuple(array.shape[-3:]) != tuple(pre.array.shape):
+        raise ValueError(f"array shape {array.shape} is not on the model grid {pre.array.shape}")
+    lead = (slice(None),) * (array.ndim - 3)
+    out = array[lead + pre.crop]
+    out = resample_array(out, pre.oriented_shape, mode=mode)
+    inv = _invert_ornt(pre.ornt)  # pre.ornt maps input axes -> model axes
+    if array.ndim > 3:
+        flat = out.reshape((-1,) + out.shape[-3:])
+        res = np.stack([nio.apply_orientation(c, inv) for c in flat])
+        res = res.reshape(out.shape[:-3] + res.shape[-3:])
+    else:
+        res = nio.apply_orientation(out, inv)
+    res = np.ascontiguousarray(res)
+    assert tuple(res.shape[-3:]) == tuple(pre.input_shape), (res.shape, pre.input_shape)
+    return res
+
+
+def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
+    """Inverse of a nibabel orientation transform (input axis i -> output axis ornt[i,0], flip ornt[i,1])."""
+    ornt = np.asarray(ornt, dtype=float)
+    inv = np.zeros_like(ornt)
+    for i, (ax, flip) in enumerate(ornt):
+        inv[int(ax)] = [i, flip]
+    return inv

@@ -1,0 +1,202 @@
+"""Sliding-window inference (SPEC §2) shared by segmentation and attribution.
+
+``z = Σ_w (b_w · z_w) / count`` with ``count = Σ_w b_w``. Window positions and blend weights are
+MONAI's (``dense_patch_slices``, ``compute_importance_map``), so the stitched logits equal
+``monai.inferers.sliding_window_inference`` on the same input; the loop is our own because the
+attribution engine needs per-window vector-Jacobian products through the same stitching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
+from napari_agg2exp.data.volume import Volume
+
+__all__ = [
+    "BLEND_MODES",
+    "SlidingWindow",
+    "window_slices",
+    "sliding_window_logits",
+    "SegmentationResult",
+    "segment",
+    "check_window_options",
+]
+
+BLEND_MODES = ("constant", "gaussian")
+
+
+def check_window_options(window_size, overlap: float, blend: str) -> tuple[tuple[int, int, int], float, str]:
+    ws = (int(window_size),) * 3 if np.isscalar(window_size) else tuple(int(v) for v in window_size)
+    if len(ws) != 3 or min(ws) < 1:
+        raise Agg2ExpError(f"window size must be 1 or 3 positive integers, got {window_size}")
+    if not 0.0 <= float(overlap) < 1.0:
+        raise Agg2ExpError(f"overlap must be in [0, 1), got {overlap}")
+    if blend not in BLEND_MODES:
+        import difflib
+
+        m = difflib.get_close_matches(str(blend), BLEND_MODES, n=1)
+        raise Agg2ExpError(f"unknown blend mode {blend!r}; use one of {BLEND_MODES}" + (f" (did you mean {m[0]!r}?)" if m else ""))
+    return ws, float(overlap), blend
+
+
+def window_slices(shape, window_size, overlap: float) -> list[tuple[slice, slice, slice]]:
+    """Window positions covering ``shape`` (MONAI's scan interval and ``dense_patch_slices``)."""
+    from monai.data.utils import dense_patch_slices
+
+    shape = tuple(int(s) for s in shape)
+    ws = tuple(min(w, s) for w, s in zip(window_size, shape))
+    interval = tuple(max(1, int(w * (1 - overlap))) if w < s else w for w, s in zip(ws, shape))
+    return [tuple(sl) for sl in dense_patch_slices(shape, ws, interval)]
+
+
+@dataclass
+class SlidingWindow:
+    """Windows over a padded model-grid volume with blend weights and overlap counts.
+
+    Attributes:
+        shape: (X, Y, Z) of the model-grid volume.
+        slices: one (sx, sy, sz) per window.
+        weight: (wx, wy, wz) blend weight ``b`` of one window (torch tensor).
+        count: (X, Y, Z) summed blend weights (torch tensor).
+    """
+
+    shape: tuple[int, int, int]
+    window_size: tuple[int, int, int]
+    overlap: float
+    blend: str
+    slices: list
+    weight: Any
+    count: Any
+
+    @classmethod
+    def plan(cls, shape, window_size=(96, 96, 96), overlap: float = 0.25, blend: str = "constant", device="cpu"):
+        import torch
+        from monai.data.utils import compute_importance_map
+
+        ws, overlap, blend = check_window_options(window_size, overlap, blend)
+        shape = tuple(int(s) for s in shape)
+        if any(s < w for s, w in zip(shape, ws)):
+            raise Agg2ExpError(f"volume {shape} is smaller than the window {ws}; pad it first (preprocess pads to the window)")
+        slices = window_slices(shape, ws, overlap)
+        weight = compute_importance_map(ws, mode=blend, sigma_scale=0.125, device=device, dtype=torch.float32)
+        count = torch.zeros(shape, dtype=torch.float32, device=device)
+        for sl in slices:
+            count[sl] += weight
+        return cls(shape, ws, overlap, blend, slices, weight, count)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+
+def _batches(n: int, size: int):
+    for i in range(0, n, max(1, size)):
+        yield list(range(i, min(n, i + max(1, size))))
+
+
+def _forward(network, batch, n_classes: int | None):
+    out = network(batch)
+    if isinstance(out, (list, tuple)):  # deep supervision heads: first is the prediction
+        out = out[0]
+    if out.ndim != 5:
+        raise Agg2ExpError(f"the model returned shape {tuple(out.shape)}; a 3D segmentation model must return (B, C, X, Y, Z)")
+    if n_classes is not None and out.shape[1] != n_classes:
+        raise Agg2ExpError(
+            f"the model outputs {out.shape[1]} channels but {n_classes} label names were given -- "
+            "give one name per output channel"
+        )
+    return out
+
+
+def sliding_window_logits(
+    network,
+    inputs,
+    plan: SlidingWindow,
+    *,
+    n_classes: int | None = None,
+    sw_batch_size: int = 1,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+):
+    """Stitched logits of a model over a whole volume (no gradients).
+
+    Args:
+        network: maps (B, 1, *window) -> (B, C, *window).
+        inputs: (1, X, Y, Z) or (X, Y, Z) torch tensor on the model's device.
+        plan: windows from :meth:`SlidingWindow.plan`.
+
+    Returns:
+        (C, X, Y, Z) float32 tensor on the inputs' device.
+    """
+    import torch
+
+    x = inputs if inputs.ndim == 4 else inputs[None]
+    out = None
+    with torch.no_grad():
+        for k, idx in enumerate(_batches(len(plan), sw_batch_size)):
+            check_cancel(cancel)
+            batch = torch.stack([x[(slice(None),) + plan.slices[i]] for i in idx])
+            z = _forward(network, batch, n_classes).float()
+            if out is None:
+                out = torch.zeros((z.shape[1],) + plan.shape, dtype=torch.float32, device=x.device)
+            for j, i in enumerate(idx):
+                out[(slice(None),) + plan.slices[i]] += z[j] * plan.weight
+            report(progress, idx[-1] + 1, len(plan), "segmenting")
+    return out / plan.count
+
+
+@dataclass
+class SegmentationResult:
+    """Output of :func:`segment`.
+
+    Attributes:
+        prediction: uint8 labels on the input grid.
+        logits: (C, X', Y', Z') stitched logits on the model grid (torch tensor, CPU).
+        labels_model_grid: (X', Y', Z') argmax on the model grid (numpy).
+        pre: the preprocessing mapping (model input in ``pre.array``).
+        class_names: model class names.
+    """
+
+    prediction: Volume
+    logits: Any
+    labels_model_grid: np.ndarray
+    pre: Any
+    class_names: list[str]
+
+
+def segment(
+    model,
+    volume: Volume,
+    *,
+    window_size=None,
+    overlap: float = 0.25,
+    blend: str = "constant",
+    sw_batch_size: int = 1,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> SegmentationResult:
+    """Segment a volume with a :class:`~napari_agg2exp.models.loading.SegmentationModel`."""
+    import torch
+
+    from napari_agg2exp.data.preprocessing import preprocess, to_input_grid
+
+    ws = tuple(window_size) if window_size is not None else tuple(model.window_size)
+    if np.isscalar(window_size) and window_size is not None:
+        ws = (int(window_size),) * 3
+    ws, overlap, blend = check_window_options(ws, overlap, blend)
+    pre = preprocess(volume, model.preprocessing, ws)
+    x = torch.from_numpy(pre.array)[None].to(model.device)
+    plan = SlidingWindow.plan(pre.array.shape, ws, overlap, blend, device=model.device)
+    try:
+        logits = sliding_window_logits(
+            model.network, x, plan, n_classes=model.num_classes, sw_batch_size=sw_batch_size, progress=progress, cancel=cancel
+        )
+    except torch.OutOfMemoryError as e:  # pragma: no cover - device dependent
+        raise RuntimeError(f"out of memory on {model.device}: try a smaller --window-size or --device cpu") from e
+    labels = logits.argmax(0).to(torch.uint8).cpu().numpy()
+    pred = to_input_grid(labels, pre, mode="nearest").astype(np.uint8)
+    return SegmentationResult(volume.like(pred, name=f"{volume.name}_prediction"), logits.cpu(), labels, pre, list(model.class_names))

@@ -1,0 +1,229 @@
+"""Cohort & graph widget: local importance tables of a cohort -> the class-to-RoI graph (SPEC §5)
+and the per-class distribution plots, drawn with matplotlib in napari's theme.
+
+Tables come from CSV/Parquet files, from a small cohort run here (the open scans or a folder of
+NIfTI scans), or from the RoI importance computed in this session. Clicking a class node selects
+that class in the other widgets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QLabel,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+)
+
+from napari_agg2exp.viewer import session as api
+from napari_agg2exp.viewer.widgets.base import FigureView, PluginWidget, Runner, notify_error, run_row
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = ["CohortGraphWidget", "node_artists"]
+
+
+def node_artists(fig, graph) -> dict[str, object]:
+    """Node name -> its marker artist in a :func:`~napari_agg2exp.report.cohort_figures.graph_figure`.
+
+    ``graph_figure`` draws one scatter marker and then one label per node, in the same order.
+    """
+    ax = fig.axes[0]
+    markers = [c for c in ax.collections if len(c.get_offsets()) == 1]
+    labels = [t.get_text() for t in ax.texts]
+    if len(markers) != len(labels) or set(labels) != set(graph.nodes):
+        return {}
+    return dict(zip(labels, markers))
+
+
+class CohortGraphWidget(PluginWidget):
+    """Cohort tables -> global importance graph + distributions; node click selects the class."""
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__(napari_viewer)
+        napari_viewer = self.viewer
+        self.result: api.GraphResult | None = None
+        self._nodes: dict[str, object] = {}
+
+        lay = QVBoxLayout(self)
+        buttons = QGridLayout()
+        self._load = QPushButton("Load tables…")
+        self._session = QPushButton("Use this session's tables")
+        self._open = QPushButton("Run cohort: open scans")
+        self._folder = QPushButton("Run cohort: folder…")
+        buttons.addWidget(self._load, 0, 0)
+        buttons.addWidget(self._session, 0, 1)
+        buttons.addWidget(self._open, 1, 0)
+        buttons.addWidget(self._folder, 1, 1)
+        lay.addLayout(buttons)
+        form = QFormLayout()
+        lay.addLayout(form)
+        self._method = QComboBox()
+        from napari_agg2exp.attribution.explainer import METHODS
+
+        for key, info in METHODS.items():
+            self._method.addItem(info.title, key)
+        self._method.setToolTip("method used by a cohort run (paper defaults)")
+        form.addRow("Cohort method", self._method)
+        self._part = QComboBox()
+        self._part.addItems(["abs", "pos", "neg"])
+        form.addRow("Part", self._part)
+        self._keep = QDoubleSpinBox()
+        self._keep.setRange(0.01, 1.0)
+        self._keep.setSingleStep(0.05)
+        self._keep.setValue(0.35)
+        self._keep.setToolTip("per class, keep the heaviest incoming edges while their cumulative weight <= this")
+        form.addRow("Edge mass kept", self._keep)
+        self._target = QComboBox()
+        form.addRow("Distribution of", self._target)
+        self._draw, self._cancel, self._status = run_row(lay, "Draw")
+        self._info = QLabel("")
+        self._info.setWordWrap(True)
+        lay.addWidget(self._info)
+        split = QSplitter(Qt.Orientation.Vertical)
+        self._graph_view = FigureView(napari_viewer, min_height=320)
+        self._dist_view = FigureView(napari_viewer, min_height=220)
+        split.addWidget(self._graph_view)
+        split.addWidget(self._dist_view)
+        split.setSizes([520, 380])
+        lay.addWidget(split, 1)
+
+        self.runner = Runner(napari_viewer, self, [self._open, self._folder], self._cancel, self._status)
+        self._load.clicked.connect(self._load_dialog)
+        self._session.clicked.connect(self.use_session)
+        self._open.clicked.connect(lambda: self.run_cohort(None))
+        self._folder.clicked.connect(self._folder_dialog)
+        self._draw.clicked.connect(lambda: self.draw())
+        self._part.currentTextChanged.connect(lambda *_: self.draw() if self.result is not None else None)
+        self._target.currentTextChanged.connect(self._target_changed)
+        self.state.class_selected.connect(self._class_selected)
+
+    # ---- inputs
+    def _load_dialog(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Local importance tables", "",
+                                                "Tables (*.csv *.parquet *.pq);;All files (*)")
+        if paths:
+            self.load(paths)
+
+    def load(self, paths) -> None:
+        try:
+            api.load_tables(self.viewer, paths)
+        except Exception as e:  # noqa: BLE001 - shown as a notification
+            notify_error(e)
+            return
+        self.draw()
+
+    def use_session(self) -> None:
+        self.state.cohort = None
+        self.draw()
+
+    def _folder_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of NIfTI scans")
+        if folder:
+            self.run_cohort(folder)
+
+    def run_cohort(self, images=None):
+        """Explain every scan (open layers or a folder) and draw; returns the worker (None if refused)."""
+        method = self._method.currentData()
+        return self.runner.start(lambda: api.cohort_job(self.viewer, images, method),
+                                 on_done=lambda _t: self.draw())
+
+    # ---- drawing
+    def draw(self, part: str | None = None, keep_mass: float | None = None):
+        """Draw the graph and the distribution of the current table; returns the GraphResult (None on error)."""
+        from napari_agg2exp.report.cohort_figures import graph_figure
+
+        if part is not None:
+            self._part.setCurrentText(part)
+        if keep_mass is not None:
+            self._keep.setValue(float(keep_mass))
+        try:
+            table = api.cohort_table(self.viewer)
+            res = api.importance_graph(table, self._part.currentText(), self._keep.value())
+        except Exception as e:  # noqa: BLE001 - shown as a notification
+            notify_error(e)
+            return None
+        self.result = res
+        fig = graph_figure(res.graph, title=f"RoI → class importance ({res.part} mass, "
+                                          f"≤ {res.keep_mass:g} per class)")
+        ax = fig.axes[0]
+        ax.title.set_fontsize(9)
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95)
+        leg = ax.get_legend()
+        if leg is not None:  # to the figure's corner: a wide dock would put it on the ring's labels
+            ax.legend(handles=leg.legend_handles, labels=[t.get_text() for t in leg.get_texts()], loc="lower left",
+                      bbox_to_anchor=(0.0, 0.0), bbox_transform=fig.transFigure, fontsize=8, frameon=False)
+        self._nodes = node_artists(fig, res.graph)
+        for name, artist in self._nodes.items():
+            artist.set_picker(6)
+            artist.set_gid(name)
+        self._graph_view.show_figure(fig, on_pick=self._node_picked, layout=None)
+        n_cases = table["case"].nunique()
+        self._info.setText(f"{n_cases} case{'s' if n_cases != 1 else ''}, {res.graph.number_of_nodes()} nodes, "
+                           f"{res.graph.number_of_edges()} edges ({res.part} mass, kept ≤ {res.keep_mass:g} per class)")
+        targets = [t for t in dict.fromkeys(table["target"]) if t not in ("background", "none")] or \
+            list(dict.fromkeys(table["target"]))
+        current = self.state.selected_class if self.state.selected_class in targets else self._target.currentText()
+        self._target.blockSignals(True)
+        self._target.clear()
+        self._target.addItems(targets)
+        if current in targets:
+            self._target.setCurrentText(current)
+        self._target.blockSignals(False)
+        self._draw_distribution()
+        return res
+
+    def _draw_distribution(self) -> None:
+        from napari_agg2exp.report.cohort_figures import distribution_figure
+
+        if self.result is None or not self._target.currentText():
+            return
+        fig = distribution_figure(self.result.local, self._target.currentText(), self._part.currentText())
+        self._dist_view.show_figure(fig)
+
+    def _target_changed(self, name: str) -> None:
+        if name:
+            api.select_class(self.viewer, name)
+            self._draw_distribution()
+
+    def _node_picked(self, event) -> None:
+        name = event.artist.get_gid()
+        if name:
+            self.select_node(name)
+
+    def select_node(self, name: str) -> None:
+        """What a click on a node does: select that class everywhere (its map is shown)."""
+        api.select_class(self.viewer, name)
+        if self._target.findText(name) >= 0:
+            self._target.setCurrentText(name)
+        self._highlight(name)
+
+    def _highlight(self, name: str) -> None:
+        for n, artist in self._nodes.items():
+            artist.set_linewidth(3.0 if n == name else 0.8)
+        if self._graph_view.canvas is not None:
+            self._graph_view.canvas.draw_idle()
+
+    def _class_selected(self, name: str) -> None:
+        try:
+            if self._target.findText(name) >= 0 and self._target.currentText() != name:
+                self._target.setCurrentText(name)
+            self._highlight(name)
+        except RuntimeError:
+            pass
+
+    def node_position(self, name: str) -> tuple[float, float]:
+        """Display (pixel) position of a node's marker (tests click there)."""
+        artist = self._nodes[name]
+        x, y = np.asarray(artist.get_offsets())[0]
+        return tuple(artist.axes.transData.transform((x, y)))

@@ -1,0 +1,175 @@
+"""Evaluate widget: explanation-quality metrics (SPEC §6) of attribution methods on the current scan.
+
+Methods and metrics are listed from their registries (:data:`~napari_agg2exp.attribution.explainer.METHODS`,
+:data:`napari_agg2exp.evaluation.evaluate.METRICS`); the metrics package is imported only when the widget opens.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFormLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+)
+
+from napari_agg2exp.viewer import session as api
+from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, Runner, run_row
+from napari_agg2exp.viewer.widgets.segment import is_scan
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = ["EvaluateWidget"]
+
+ALL_CLASSES = "all present classes"
+
+
+def _checklist(items: dict[str, str], checked: set[str]) -> QListWidget:
+    lst = QListWidget()
+    for key, title in items.items():
+        item = QListWidgetItem(title)
+        item.setData(Qt.ItemDataRole.UserRole, key)
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+        item.setCheckState(Qt.CheckState.Checked if key in checked else Qt.CheckState.Unchecked)
+        lst.addItem(item)
+    lst.setMaximumHeight(22 * len(items) + 8)
+    return lst
+
+
+def _checked(lst: QListWidget) -> list[str]:
+    return [lst.item(i).data(Qt.ItemDataRole.UserRole) for i in range(lst.count())
+            if lst.item(i).checkState() == Qt.CheckState.Checked]
+
+
+def _set_checked(lst: QListWidget, keys) -> None:
+    keys = set(keys)
+    for i in range(lst.count()):
+        item = lst.item(i)
+        item.setCheckState(Qt.CheckState.Checked if item.data(Qt.ItemDataRole.UserRole) in keys
+                           else Qt.CheckState.Unchecked)
+
+
+class EvaluateWidget(PluginWidget):
+    """Faithfulness, sensitivity, complexity and randomisation of the chosen methods on one scan."""
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        from napari_agg2exp.attribution.explainer import METHODS
+        from napari_agg2exp.evaluation.evaluate import METRICS
+
+        super().__init__(napari_viewer)
+        napari_viewer = self.viewer
+        self.table = None
+        self._metrics_info = METRICS
+        lay, form = self._frame()
+        self._image = LayerCombo(napari_viewer, is_scan)
+        form.addRow("Image", self._image)
+        self._target = QComboBox()
+        self._target.addItem(ALL_CLASSES)
+        form.addRow("Class", self._target)
+        lay.addWidget(QLabel("Methods"))
+        self._methods = _checklist({k: v.title for k, v in METHODS.items()}, {"vg"})
+        lay.addWidget(self._methods)
+        lay.addWidget(QLabel("Metrics"))
+        arrow = {"higher": "↑", "lower": "↓"}
+        self._metrics = _checklist({k: f"{v.title} {arrow.get(v.better, '')}" for k, v in METRICS.items()},
+                                   set(METRICS))
+        lay.addWidget(self._metrics)
+        self._subsets = QSpinBox()
+        self._subsets.setRange(2, 10_000)
+        self._subsets.setValue(100)
+        form2 = QFormLayout()
+        form2.addRow("Faithfulness subsets", self._subsets)
+        self._noise = QSpinBox()
+        self._noise.setRange(1, 100)
+        self._noise.setValue(3)
+        form2.addRow("Sensitivity samples", self._noise)
+        self._seed = QSpinBox()
+        self._seed.setRange(0, 1_000_000)
+        form2.addRow("Seed", self._seed)
+        lay.addLayout(form2)
+        self._run, self._cancel, self._status = run_row(lay, "Evaluate")
+        self._grid = QTableWidget(0, 0)
+        self._grid.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self._grid.verticalHeader().setVisible(False)
+        self._grid.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self._grid.setMinimumHeight(140)
+        lay.addWidget(self._grid, 1)
+        self.runner = Runner(napari_viewer, self, [self._run], self._cancel, self._status)
+        self._run.clicked.connect(self.run)
+        self.state.model_changed.connect(self._fill_targets)
+        self.state.class_selected.connect(self._class_selected)
+        self._fill_targets()
+
+    def _fill_targets(self, *_) -> None:
+        try:
+            current = self._target.currentText()
+            self._target.clear()
+        except RuntimeError:
+            return
+        names = list(self.state.model.class_names) if self.state.model is not None else []
+        self._target.addItems([ALL_CLASSES, *names])
+        if current in names:
+            self._target.setCurrentText(current)
+
+    def _class_selected(self, name: str) -> None:
+        try:
+            if self._target.findText(name) >= 0:
+                self._target.setCurrentText(name)
+        except RuntimeError:
+            pass
+
+    def set_methods(self, keys) -> None:
+        _set_checked(self._methods, keys)
+
+    def set_metrics(self, keys) -> None:
+        _set_checked(self._metrics, keys)
+
+    def run(self):
+        """Evaluate in a worker; returns the worker (None if refused)."""
+        image = self._image.layer()
+        methods, metrics = _checked(self._methods), _checked(self._metrics)
+        target = self._target.currentText()
+        targets = None if target in ("", ALL_CLASSES) else [target]
+        settings = {"n_subsets": self._subsets.value(), "n_noise": self._noise.value(), "seed": self._seed.value()}
+
+        def make():
+            from napari_agg2exp.errors import Agg2ExpError
+
+            if not methods or not metrics:
+                raise Agg2ExpError("check at least one method and one metric")
+            return api.evaluate_job(self.viewer, image, methods, metrics, targets, **settings)
+
+        return self.runner.start(make, on_done=self.show_table)
+
+    def show_table(self, table) -> None:
+        self.table = table
+        wide = api.metric_table(table)
+        metric_cols = [c for c in wide.columns if c not in ("method", "target")]
+        headers = ["method", "target"] + [self._metrics_info[c].title if c in self._metrics_info else c
+                                          for c in metric_cols]
+        self._grid.clear()
+        self._grid.setColumnCount(len(headers))
+        self._grid.setHorizontalHeaderLabels(headers)
+        self._grid.setRowCount(len(wide))
+        for i, row in enumerate(wide.itertuples(index=False)):
+            for j, v in enumerate(row):
+                text = f"{v:.3f}" if isinstance(v, (float, np.floating)) and np.isfinite(v) else (
+                    "n/a" if isinstance(v, (float, np.floating)) else str(v))
+                item = QTableWidgetItem(text)
+                if j >= 2:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self._grid.setItem(i, j, item)
+        skipped = table.attrs.get("skipped") if hasattr(table, "attrs") else None
+        if skipped:
+            self._status.setText(f"done (absent classes not evaluated: {', '.join(skipped)})")

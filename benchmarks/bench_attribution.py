@@ -26,7 +26,7 @@ import torch
 def _setup(model_path, device):
     from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
     from napari_agg2exp.models.loading import load_model
-    from napari_agg2exp.data.phantom.builder import make_phantom
+    from napari_agg2exp.data.phantom.cases import make_phantom
     from napari_agg2exp.data.preprocessing import preprocess
 
     model = load_model(model_path, device=device)
@@ -136,7 +136,7 @@ def memory_child(model_path, device, size):
     """Run in a fresh process: VG for all classes on a size³ volume; print peak RSS."""
     from napari_agg2exp.attribution import explain
     from napari_agg2exp.models.loading import load_model
-    from napari_agg2exp.data.phantom.builder import make_phantom
+    from napari_agg2exp.data.phantom.cases import make_phantom
     from napari_agg2exp.data.volume import Volume
 
     model = load_model(model_path, device=device)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     from napari_agg2exp.workflows.cohort import CohortConfig, run_cohort
-    from napari_agg2exp.data.phantom.builder import write_phantom_cohort
+    from napari_agg2exp.data.phantom.cohort import write_phantom_cohort
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=8)

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     from napari_agg2exp.evaluation.attribution_function import AttributionFunction
     from napari_agg2exp.evaluation.metrics import random_subsets, score_drops
     from napari_agg2exp.models.loading import load_model
-    from napari_agg2exp.data.phantom.builder import make_phantom
+    from napari_agg2exp.data.phantom.cases import make_phantom
     from napari_agg2exp.data.preprocessing import preprocess
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -15,10 +15,10 @@ import numpy as np
 
 
 def main(argv=None) -> int:
-    from napari_agg2exp.models.inference import segment
+    from napari_agg2exp.models.prepared import segment
     from napari_agg2exp.models.loading import load_model
-    from napari_agg2exp.data.phantom.builder import case_seed, make_phantom
-    from napari_agg2exp.evaluation.dice import dice_iou
+    from napari_agg2exp.data.phantom.cases import case_seed, make_phantom
+    from napari_agg2exp.data.dice import dice_iou
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)

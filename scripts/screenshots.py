@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     from napari.utils.colormaps import DirectLabelColormap
     from qtpy.QtWidgets import QApplication
 
-    from napari_agg2exp.viewer import session as agg
+    from napari_agg2exp import viewer as agg
     from napari_agg2exp.models.loading import bundled_model_path
 
     if args.model is None and not bundled_model_path().exists():

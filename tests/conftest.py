@@ -64,3 +64,33 @@ def ct_file(tmp_path):
 def write_labels_json(path, names):
     path.write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
     return path
+
+
+def model_grid_case(net, x, window, overlap=0.25, blend="constant"):
+    """A PreparedCase of a model-grid tensor ``x`` (identity preprocessing), for tests with bare networks."""
+    import torch
+
+    from napari_agg2exp.data.preprocessing import PreprocessingSpec
+    from napari_agg2exp.data.volume import Volume
+    from napari_agg2exp.models.loading import SegmentationModel
+    from napari_agg2exp.models.prepared import prepare_case
+
+    window = tuple(window)
+    with torch.no_grad():
+        n = net(x[None, None][..., : window[0], : window[1], : window[2]]).shape[1]
+    spec = PreprocessingSpec(orientation=None, spacing=None, a_min=0, a_max=1, b_min=0, b_max=1, clip=False,
+                             pad_to_window=False)
+    model = SegmentationModel(net, [f"c{i}" for i in range(n)], spec, window, torch.device("cpu"), "test")
+    return prepare_case(model, Volume(x.numpy()), overlap=overlap, blend=blend)
+
+
+def attribution_fn(case, method, classes, **params):
+    """``fn(inputs=None, network=None)`` -> (K, X, Y, Z) maps of ``method`` on ``case`` (clean masks fixed)."""
+    from napari_agg2exp.attribution import Explainer
+
+    explainer = Explainer(method, **params)
+
+    def fn(inputs=None, progress=None, cancel=None, network=None):
+        return explainer.attribute(case, classes, inputs=inputs, network=network, progress=progress, cancel=cancel)[0]
+
+    return fn

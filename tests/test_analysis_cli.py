@@ -10,10 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_agg2exp.workflows.case_folder import case_local_importance, load_case, resample_labels
+from napari_agg2exp.data.geometry import resample_labels
+from napari_agg2exp.workflows.case_folder import load_case
+from napari_agg2exp.workflows.case_importance import case_local_importance
 from napari_agg2exp.report.case_figures import best_slices, class_figure, display_limits
 from napari_agg2exp.importance.local import local_importance
-from napari_agg2exp.report.html import write_case_report, write_cohort_report
+from napari_agg2exp.report.html import write_cohort_report
+from napari_agg2exp.workflows.reports import write_case_report
 from napari_agg2exp.importance.tables import read_local_table, write_table
 from napari_agg2exp.cli.main import main
 from napari_agg2exp.errors import Agg2ExpError

@@ -13,10 +13,10 @@ from napari_agg2exp.importance.global_importance import (
     importance_graph,
     prune_edges,
     read_groups,
-    write_global_analysis,
     write_graphml,
 )
 from napari_agg2exp.importance.outliers import outlier_analysis, outlier_scores, spearman_table
+from napari_agg2exp.report.cohort_outputs import write_global_analysis
 from napari_agg2exp.importance.tables import (
     has_parquet,
     read_local_table,

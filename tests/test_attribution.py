@@ -9,6 +9,7 @@ import torch
 from napari_agg2exp.attribution import (
     IntegratedGradients,
     KernelShap,
+    NoiseTunnel,
     Saliency,
     SlidingWindowTarget,
     SmoothGrad,
@@ -84,13 +85,18 @@ def test_linear_model_vg_and_ig_closed_form():
     classes = sorted(torch.unique(mask).tolist())
     fwd = SlidingWindowTarget(net, plan, mask, classes)
     vg = Saliency(fwd).attribute(x[0])
-    res = IntegratedGradients(fwd).attribute(x[0], 0.0, n_steps=5, return_convergence_delta=True)
+    ig, delta = IntegratedGradients(fwd).attribute(x[0], baselines=0.0, n_steps=5, return_convergence_delta=True)
     for k, c in enumerate(classes):
         w = net.w.flatten()[c].item()
         expected = w * (mask == c).float()  # stitching weights b/count sum to 1 per voxel
         torch.testing.assert_close(vg[k], expected, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(res.attributions[k], expected * x[0], atol=1e-6, rtol=1e-5)
-    assert float(res.relative_error.max()) < 1e-5
+        torch.testing.assert_close(ig[k], expected * x[0], atol=1e-6, rtol=1e-5)
+        # one class id: a map shaped like the input, and a scalar delta
+        one, d = IntegratedGradients(fwd).attribute(x[0], c, n_steps=5, return_convergence_delta=True)
+        assert one.shape == x[0].shape and d.ndim == 0
+        torch.testing.assert_close(one, ig[k])
+        assert Saliency(fwd).attribute(x, target=c).shape == x.shape  # (1, X, Y, Z) in, (1, X, Y, Z) out
+    assert float(delta.abs().max()) < 1e-5 * float(ig.abs().sum())
 
 
 def _tiny_unet_model(spacing=None, window=(16, 16, 16), n=3):
@@ -184,7 +190,7 @@ def test_kernelshap_semantic_close_to_exact_shapley():
         return fwd.scores(batch).numpy()
 
     exact = exact_shapley(value, 8)  # (8, K)
-    ks = KernelShap(fwd).attribute(x, regions, n_samples=200, return_input_shape=False).values
+    ks = KernelShap(fwd).attribute(x, feature_mask=regions, n_samples=200, return_input_shape=False).T.numpy()
     rel = np.linalg.norm(ks - exact) / np.linalg.norm(exact)
     assert rel < 0.02, rel
     # per-voxel maps: each region's sum equals its value (even spread)
@@ -213,9 +219,9 @@ def test_kernelshap_cubes_runs_and_efficiency_holds():
 
 def test_sg_reproducible_for_seed():
     model = _tiny_unet_model()
-    a = explain(model, _ct(), "sg", n_samples=3, seed=5).maps_model
-    b = explain(model, _ct(), "sg", n_samples=3, seed=5).maps_model
-    c = explain(model, _ct(), "sg", n_samples=3, seed=6).maps_model
+    a = explain(model, _ct(), "sg", nt_samples=3, seed=5).maps_model
+    b = explain(model, _ct(), "sg", nt_samples=3, seed=5).maps_model
+    c = explain(model, _ct(), "sg", nt_samples=3, seed=6).maps_model
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
@@ -236,8 +242,14 @@ def test_single_window_agrees_with_captum():
     classes = sorted(torch.unique(mask).tolist())[:2]
     fwd = SlidingWindowTarget(net, plan, mask, classes)
     vg = Saliency(fwd).attribute(x)
-    ig = IntegratedGradients(fwd).attribute(x, 0.0, n_steps=8, internal_batch_size=4)
-    sg = SmoothGrad(Saliency(fwd)).attribute(x, n_samples=3, stdev=0.05, seed=7, internal_batch_size=2)
+    ig = IntegratedGradients(fwd).attribute(x, baselines=0.0, n_steps=8, internal_batch_size=4)
+    sg = NoiseTunnel(Saliency(fwd)).attribute(x, nt_samples=3, stdevs=0.05, seed=7, nt_samples_batch_size=2)
+    assert torch.equal(sg, SmoothGrad(fwd).attribute(x, nt_samples=3, stdevs=0.05, seed=7, nt_samples_batch_size=2))
+    # NoiseTunnel wraps IG too: the mean of IG over the same noisy inputs
+    sig = NoiseTunnel(IntegratedGradients(fwd)).attribute(x, nt_samples=2, stdevs=0.05, seed=7, n_steps=4)
+    ref_sig = torch.stack([IntegratedGradients(fwd).attribute(x + eps, n_steps=4)
+                           for eps in NoiseTunnel.noise(x.shape, 2, 0.05, 7)]).mean(0)
+    torch.testing.assert_close(sig, ref_sig, atol=1e-6, rtol=1e-5)
     for k, c in enumerate(classes):
         m = (mask == c).float()
 
@@ -247,7 +259,7 @@ def test_single_window_agrees_with_captum():
         ref_vg = CSal(f).attribute(x[None, None], abs=False)[0, 0]
         ref_ig = CIG(f).attribute(x[None, None], baselines=0.0, n_steps=8, method="riemann_middle")[0, 0]
         ref_sg = torch.stack([CSal(f).attribute((x + eps)[None, None], abs=False)[0, 0]
-                              for eps in SmoothGrad.noise(x.shape, 3, 0.05, 7)]).mean(0)
+                              for eps in NoiseTunnel.noise(x.shape, 3, 0.05, 7)]).mean(0)
         for ours, ref in ((vg[k], ref_vg), (ig[k], ref_ig), (sg[k], ref_sg)):
             rel = float((ours - ref).norm() / ref.norm())
             assert rel < 1e-4, rel

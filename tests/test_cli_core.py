@@ -158,7 +158,7 @@ def test_bad_window_options(tmp_path, tiny_model_dir, ct_file, capsys):
 
 
 def test_train_two_steps_and_resume(tmp_path, capsys):
-    from napari_agg2exp.data.phantom.builder import write_phantom_cohort
+    from napari_agg2exp.data.phantom.cohort import write_phantom_cohort
 
     data = tmp_path / "data"
     write_phantom_cohort(data, 3, seed=5, shape=(40, 36, 40), spacing=7.0)

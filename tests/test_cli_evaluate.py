@@ -17,7 +17,7 @@ FAST = ["--subsets", "5", "--subset-size", "300", "--noise-samples", "1", "--ste
 
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory):
-    from napari_agg2exp.data.phantom.builder import write_phantom_cohort
+    from napari_agg2exp.data.phantom.cohort import write_phantom_cohort
 
     out = tmp_path_factory.mktemp("cohort") / "phantoms"
     write_phantom_cohort(out, 3, seed=3, pathology=False, **PHANTOM_GRID)
@@ -139,7 +139,7 @@ def test_evaluate_bad_inputs(tmp_path, tiny_thorax_model_dir, cohort, capsys):
     cases.append((["evaluate", "--manifest", str(missing), "--out", str(out), *model], ["case a", "not found"]))
     dup = tmp_path / "dup.csv"
     dup.write_text(f"case,image\na,{img}\na,{img}\n")
-    cases.append((["evaluate", "--manifest", str(dup), "--out", str(out), *model], ["duplicate case names a"]))
+    cases.append((["evaluate", "--manifest", str(dup), "--out", str(out), *model], ["appears twice"]))
     cases.append((["evaluate", img, "--model", str(tmp_path / "nomodel"), "--out", str(out)], ["model not found"]))
     for argv, fragments in cases:
         assert main(argv) == 2, argv

@@ -20,7 +20,7 @@ def cohort_inputs(tmp_path):
     import torch
 
     from napari_agg2exp.models.loading import build_network, save_model
-    from napari_agg2exp.data.phantom.builder import write_phantom_cohort
+    from napari_agg2exp.data.phantom.cohort import write_phantom_cohort
 
     from conftest import tiny_spec
 
@@ -48,9 +48,9 @@ def test_local_cluster_two_workers(cohort_inputs, tmp_path, capsys):
     assert main(_cohort_args(model, manifest, out, "--workers", "2", "--analyse")) == 0
     for i in range(4):
         d = out / "cases" / f"c{i}"
-        for f in ("prediction.nii.gz", "local_importance.csv", "quality.csv", "info.json"):
+        for f in ("prediction.nii.gz", "local_importance.csv", "quality.csv", "case.json", "labels.json"):
             assert (d / f).exists(), (d, f)
-        assert not (d / "maps.npz").exists()  # maps are not kept by default
+        assert not (d / "attributions").exists()  # maps are not kept by default
     local = pd.read_csv(out / "local_importance.csv")
     assert sorted(local["case"].unique()) == ["c0", "c1", "c2", "c3"]
     assert not local.duplicated(["case", "target", "roi", "part"]).any()
@@ -70,7 +70,7 @@ def test_kill_and_resume(cohort_inputs, tmp_path):
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
-            done = [p for p in (out / "cases").glob("c*") if (p / "info.json").exists()] if (out / "cases").exists() else []
+            done = [p for p in (out / "cases").glob("c*") if (p / "case.json").exists()] if (out / "cases").exists() else []
             if done:
                 break
             assert proc.poll() is None, "the cohort run ended before the kill"
@@ -121,7 +121,7 @@ def test_changed_parameters_refused(cohort_inputs, tmp_path, capsys):
     small = tmp_path / "one.csv"
     small.write_text("\n".join(rows) + "\n")
     assert main(_cohort_args(model, small, out, "--keep-maps")) == 0
-    assert (out / "cases" / "c0" / "maps.npz").exists()
+    assert (out / "cases" / "c0" / "attributions").is_dir()
     capsys.readouterr()
     assert main(_cohort_args(model, small, out, "--steps", "13")) == 2
     err = capsys.readouterr().err.strip().splitlines()

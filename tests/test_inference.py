@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_agg2exp.models.inference import SlidingWindow, segment, sliding_window_logits
+from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
+from napari_agg2exp.models.prepared import segment
 from napari_agg2exp.models.loading import ARCHITECTURES, SegmentationModel, build_network, load_model
 from napari_agg2exp.data.preprocessing import PreprocessingSpec, preprocess, to_input_grid
 from napari_agg2exp.data.volume import Volume

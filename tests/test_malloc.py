@@ -48,8 +48,8 @@ def test_freed_tensors_are_reused_not_refaulted():
 def test_dask_workers_get_the_settings():
     from distributed import Client
 
-    from napari_agg2exp.workflows.cohort import _local_cluster
+    from napari_agg2exp.workflows.dask_cluster import local_cluster
 
-    with _local_cluster(1, 1) as cluster, Client(cluster) as client:
+    with local_cluster(1, 1) as cluster, Client(cluster) as client:
         seen = next(iter(client.run(lambda: {k: os.environ.get(k) for k in MALLOC_ENV}).values()))
     assert seen == MALLOC_ENV

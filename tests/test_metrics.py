@@ -11,7 +11,6 @@ import torch
 
 from napari_agg2exp.errors import Agg2ExpError, Cancelled
 from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
-from napari_agg2exp.evaluation.attribution_function import AttributionFunction
 from napari_agg2exp.evaluation.compare import anova_table, comparison_markdown, dice_table, mean_dice_table
 from napari_agg2exp.evaluation.metrics import (
     average_sensitivity,
@@ -28,12 +27,11 @@ from napari_agg2exp.evaluation.evaluate import (
     evaluate_case,
     look_up_metric,
     make_perturbations,
-    summarise,
-    summary_markdown,
 )
+from napari_agg2exp.evaluation.summary import summarise, summary_markdown
 from napari_agg2exp.models.loading import build_network
 
-from conftest import tiny_spec
+from conftest import attribution_fn, model_grid_case, tiny_spec
 
 PHANTOM_GRID = dict(shape=(40, 36, 40), spacing=7.0)
 
@@ -70,7 +68,7 @@ def train_tiny_model(out_dir, *, steps: int = 20, seed: int = 0, phantom_seed: i
     """
     from napari_agg2exp.data.labels import THORAX_LABELS
     from napari_agg2exp.models.loading import save_model
-    from napari_agg2exp.data.phantom.builder import make_phantom
+    from napari_agg2exp.data.phantom.cases import make_phantom
     from napari_agg2exp.data.preprocessing import preprocess, preprocess_labels
 
     spec = tiny_spec(class_names=THORAX_LABELS, window=(20, 20, 20), spacing=(14.0, 14.0, 14.0),
@@ -98,7 +96,7 @@ def tiny_thorax_model_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_thorax(tiny_thorax_model_dir):
     from napari_agg2exp.models.loading import load_model
-    from napari_agg2exp.data.phantom.builder import make_phantom
+    from napari_agg2exp.data.phantom.cases import make_phantom
 
     model = load_model(tiny_thorax_model_dir, device="cpu")
     image, labels, _ = make_phantom(8, **PHANTOM_GRID).volumes()
@@ -118,7 +116,7 @@ def _same_state(a, b):
 
 def test_ig_faithfulness_is_one_for_linear_model_and_random_map_is_not():
     net, x, plan, labels, classes = _linear_setup()
-    fn = AttributionFunction.create("ig", net, plan, labels, classes, x, n_steps=3)
+    fn = attribution_fn(model_grid_case(net, x, (6, 6, 6), 0.5, "gaussian"), "ig", classes, n_steps=3)
     maps = fn(x)
     subsets = random_subsets(x.shape, 200, 150, seed=1)
     from napari_agg2exp.attribution import SlidingWindowTarget
@@ -178,9 +176,10 @@ def test_vg_sensitivity_is_zero_for_linear_model_and_ig_is_not():
     net, x, plan, labels, classes = _linear_setup()
     noise = uniform_noise(x.shape, 3, 0.1, seed=2)
     assert noise.shape == (3,) + tuple(x.shape) and np.abs(noise).max() <= 0.1
-    vg = AttributionFunction.create("vg", net, plan, labels, classes, x)
+    case = model_grid_case(net, x, (6, 6, 6), 0.5, "gaussian")
+    vg = attribution_fn(case, "vg", classes)
     np.testing.assert_allclose(average_sensitivity(vg(x), vg, x, noise), 0.0, atol=1e-6)
-    ig = AttributionFunction.create("ig", net, plan, labels, classes, x, n_steps=2)
+    ig = attribution_fn(case, "ig", classes, n_steps=2)
     s = average_sensitivity(ig(x), ig, x, noise)
     assert np.all(s > 0.01), s
     # IG = w·x on M_c and the noise is explicit: the value is known
@@ -206,7 +205,7 @@ def test_randomisation_changes_unet_maps_and_leaves_the_model_untouched():
     plan = SlidingWindow.plan(x.shape, (16, 16, 16), 0.25, "constant")
     labels = sliding_window_logits(net, x[None], plan).argmax(0)
     classes = sorted(torch.unique(labels).tolist())
-    fn = AttributionFunction.create("vg", net, plan, labels, classes, x)
+    fn = attribution_fn(model_grid_case(net, x, (16, 16, 16)), "vg", classes)
     maps = fn(x)
     rnet = randomise_network(net, seed=0)
     assert rnet is not net and not rnet.training
@@ -216,7 +215,7 @@ def test_randomisation_changes_unet_maps_and_leaves_the_model_untouched():
         assert (not torch.equal(p, q)) or p.ndim < 2, name
     assert _same_state(_state(rnet), _state(randomise_network(net, seed=0)))  # seeded
     assert not _same_state(_state(rnet), _state(randomise_network(net, seed=1)))
-    rho = rank_correlation(maps, fn.with_network(rnet)(x))
+    rho = rank_correlation(maps, fn(x, network=rnet))
     assert np.all(rho < 0.95), rho
     assert np.allclose(rank_correlation(maps, maps), 1.0)
     assert torch.equal(fn(x), maps)  # the original explanation is unchanged
@@ -265,7 +264,9 @@ def test_every_method_sees_the_same_subsets_noise_and_random_weights(tiny_thorax
     model, image, _ = tiny_thorax
     seen: dict[str, list] = {"subsets": [], "noise": [], "networks": [], "inputs": []}
     real_fc, real_sens = ev.faithfulness_correlation, ev.average_sensitivity
-    real_with = AttributionFunction.with_network
+    from napari_agg2exp.attribution import Explainer
+
+    real_attribute = Explainer.attribute
 
     def fc(maps, subsets, drops):
         seen["subsets"].append((subsets, drops))
@@ -276,15 +277,16 @@ def test_every_method_sees_the_same_subsets_noise_and_random_weights(tiny_thorax
         seen["inputs"].append(x)
         return real_sens(maps, fn, x, noise, **kw)
 
-    def with_network(self, network):
-        seen["networks"].append(network)
-        return real_with(self, network)
+    def attribute(self, prepared, ids, **kw):
+        if kw.get("network") is not None:
+            seen["networks"].append(kw["network"])
+        return real_attribute(self, prepared, ids, **kw)
 
     monkeypatch.setattr(ev, "faithfulness_correlation", fc)
     monkeypatch.setattr(ev, "average_sensitivity", sens)
-    monkeypatch.setattr(AttributionFunction, "with_network", with_network)
+    monkeypatch.setattr(Explainer, "attribute", attribute)
     df = evaluate_case(model, image, ["vg", "sg"], "faithfulness,sensitivity,randomisation", ["heart"],
-                       n_subsets=4, subset_size=200, n_noise=1, method_params={"sg": {"n_samples": 2}})
+                       n_subsets=4, subset_size=200, n_noise=1, method_params={"sg": {"nt_samples": 2}})
     assert len(df) == 2 * 3
     (s1, d1), (s2, d2) = seen["subsets"]
     assert s1 is s2 and d1 is d2  # drops computed once, shared
@@ -299,18 +301,20 @@ def test_every_method_sees_the_same_subsets_noise_and_random_weights(tiny_thorax
 
 
 @pytest.mark.parametrize("method, params", [
-    ("vg", {}), ("ig", {"n_steps": 3}), ("sg", {"n_samples": 2}),
+    ("vg", {}), ("ig", {"n_steps": 3}), ("sg", {"nt_samples": 2}),
     ("kernelshap-cubes", {"n_samples": 12}), ("kernelshap-semantic", {"n_samples": 12}),
 ])
-def test_attribution_function_on_clean_input_equals_explain(tiny_thorax, method, params):
+def test_metrics_recompute_exactly_what_explain_gives(tiny_thorax, method, params):
+    """The metrics' re-attribution (a model-grid tensor case by hand) equals explain on the clean input."""
     from napari_agg2exp.attribution import explain
 
     model, image, _ = tiny_thorax
-    e = explain(model, image, method, ["heart", "ribs"], internal_batch_size=4, seed=3, **params)
+    from napari_agg2exp.attribution import method_defaults
+
+    seeded = {k: v for k, v in {"internal_batch_size": 4, "seed": 3}.items() if k in method_defaults(method)}
+    e = explain(model, image, method, ["heart", "ribs"], **seeded, **params)
     x = torch.from_numpy(e.pre.array)
-    plan = SlidingWindow.plan(x.shape, model.window_size, 0.25, "constant")
-    labels = sliding_window_logits(model.network, x[None], plan).argmax(0)
-    fn = AttributionFunction.create(method, model.network, plan, labels, e.target_ids, x, seed=3, **params)
+    fn = attribution_fn(model_grid_case(model.network, x, model.window_size), method, e.target_ids, **seeded, **params)
     np.testing.assert_allclose(fn(x).numpy(), e.maps_model, rtol=1e-4, atol=1e-6 * np.abs(e.maps_model).max())
 
 
@@ -321,7 +325,7 @@ def test_evaluate_case_table_ranges_and_model_restored(tiny_thorax):
     flags = [p.requires_grad for p in net.parameters()]
     calls = []
     df = evaluate_case(model, image, "vg,kernelshap-semantic", "faithfulness,sensitivity,complexity,randomization",
-                       "heart,vertebrae", case="c1", n_subsets=6, subset_size=300, n_noise=1,
+                       "heart,vertebrae", name="c1", n_subsets=6, subset_size=300, n_noise=1,
                        method_params={"kernelshap-semantic": {"n_samples": 16}},
                        progress=lambda d, t, m: calls.append((d, t)))
     assert list(df.columns) == ["case", "method", "target", "metric", "value"]
@@ -345,9 +349,9 @@ def test_evaluate_case_table_ranges_and_model_restored(tiny_thorax):
 
 def test_evaluate_case_absent_classes_errors_and_cancel(tiny_thorax):
     model, image, _ = tiny_thorax
-    from napari_agg2exp.models.inference import segment
+    from napari_agg2exp.models.prepared import segment
 
-    present = set(np.unique(segment(model, image).labels_model_grid).tolist())
+    present = set(np.unique(segment(model, image).labels).tolist())
     absent = [n for i, n in enumerate(model.class_names) if i not in present]
     kw = dict(n_subsets=3, subset_size=100, n_noise=1)
     if absent:
@@ -403,8 +407,8 @@ def test_anova_matches_scipy_and_marks_significance():
 
 
 def test_dice_table_maps_data_label_names_to_model_channels(tiny_thorax, tmp_path):
-    from napari_agg2exp.evaluation.dice import dice_iou
-    from napari_agg2exp.models.inference import segment
+    from napari_agg2exp.data.dice import dice_iou
+    from napari_agg2exp.models.prepared import segment
     from napari_agg2exp.data.volume import save_volume
 
     model, image, labels = tiny_thorax

@@ -18,7 +18,6 @@ quantus = pytest.importorskip("quantus")
 
 from napari_agg2exp.attribution import SlidingWindowTarget
 from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
-from napari_agg2exp.evaluation.attribution_function import AttributionFunction
 from napari_agg2exp.evaluation.metrics import (
     average_sensitivity,
     effective_complexity,
@@ -27,7 +26,7 @@ from napari_agg2exp.evaluation.metrics import (
 )
 from napari_agg2exp.models.loading import build_network
 
-from conftest import tiny_spec  # noqa: E402
+from conftest import attribution_fn, model_grid_case, tiny_spec  # noqa: E402
 
 SHAPE = (18, 17, 16)
 
@@ -66,7 +65,7 @@ def _flat(a):
 
 def test_effective_complexity_identical(setup):
     net, x, plan, labels, classes, fwd = setup
-    maps = AttributionFunction.create("ig", net, plan, labels, classes, x, n_steps=4)(x)
+    maps = attribution_fn(model_grid_case(net, x, (16, 16, 16)), "ig", classes, n_steps=4)(x)
     metric = quantus.EffectiveComplexity(eps=0.1, abs=True, normalise=True, disable_warnings=True)
     ours = effective_complexity(maps, 0.1)
     n = int(np.prod(SHAPE))
@@ -77,7 +76,7 @@ def test_effective_complexity_identical(setup):
 
 def test_faithfulness_correlation_equal_given_the_same_subsets(setup):
     net, x, plan, labels, classes, fwd = setup
-    maps = AttributionFunction.create("vg", net, plan, labels, classes, x)(x)
+    maps = attribution_fn(model_grid_case(net, x, (16, 16, 16)), "vg", classes)(x)
     n_runs, size, n = 30, 400, int(np.prod(SHAPE))
     model = FlatScores(fwd, SHAPE).eval()
     metric = quantus.FaithfulnessCorrelation(nr_runs=n_runs, subset_size=size, perturb_baseline=0.0, abs=False,
@@ -95,8 +94,8 @@ def test_faithfulness_correlation_equal_given_the_same_subsets(setup):
 @pytest.mark.parametrize("method", ["ig", "sg"])
 def test_average_sensitivity_equal_given_the_same_noise(setup, method):
     net, x, plan, labels, classes, fwd = setup
-    params = {"ig": {"n_steps": 3}, "sg": {"n_samples": 2}}[method]
-    fn = AttributionFunction.create(method, net, plan, labels, classes, x, **params)
+    params = {"ig": {"n_steps": 3}, "sg": {"nt_samples": 2}}[method]
+    fn = attribution_fn(model_grid_case(net, x, (16, 16, 16)), method, classes, **params)
     maps = fn(x)
     n_samples, bound = 3, 0.1
 

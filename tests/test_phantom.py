@@ -12,7 +12,8 @@ from scipy.ndimage import binary_dilation
 
 from napari_agg2exp.errors import Agg2ExpError, Cancelled
 from napari_agg2exp.data.labels import PATHOLOGY_LABELS, THORAX_LABELS
-from napari_agg2exp.data.phantom.builder import PhantomCase, case_seed, make_phantom, write_phantom_cohort
+from napari_agg2exp.data.phantom.cases import PhantomCase, case_seed, make_phantom
+from napari_agg2exp.data.phantom.cohort import write_phantom_cohort
 from napari_agg2exp.data.volume import Volume, load_volume
 
 L = {n: i for i, n in enumerate(THORAX_LABELS)}

@@ -1,4 +1,4 @@
-"""Scripted napari sessions (:mod:`napari_agg2exp.viewer.session`) on a real viewer with a tiny model."""
+"""Scripted napari sessions (:mod:`napari_agg2exp.viewer`) on a real viewer with a tiny model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ pytest.importorskip("napari")
 
 from test_widgets import save_tiny_model
 
-from napari_agg2exp.viewer import session as agg
+from napari_agg2exp import viewer as agg
 from napari_agg2exp.errors import Agg2ExpError
 
 
@@ -93,7 +93,7 @@ def test_cohort_over_open_scans_then_tables_and_folder(loaded, tmp_path):
     viewer.add_image(small, name="half CT", scale=tuple(2 * np.asarray(ct.scale)), translate=ct.translate)
     table = agg.cohort(viewer, method="vg")
     assert sorted(table["case"].unique()) == ["half CT", "phantom CT"]
-    assert not [ly for ly in viewer.layers if agg._kind(ly) == "attribution"]  # a cohort adds no layer
+    assert not [ly for ly in viewer.layers if agg.layer_kind(ly) == "attribution"]  # a cohort adds no layer
 
     csv = write_table(table, tmp_path / "local.csv")
     res = agg.show_graph(viewer, [csv], part="abs", keep_mass=0.5)

@@ -18,8 +18,10 @@ pytest.importorskip("pytestqt")
 
 from conftest import tiny_spec
 
-from napari_agg2exp.viewer import session as agg
+from napari_agg2exp import viewer as agg
 from napari_agg2exp.errors import Cancelled
+from napari_agg2exp.viewer.display import attribution_colormap, class_colours, labels_colormap
+from napari_agg2exp.viewer.layers import grid_kwargs
 
 PLUGIN = "napari-agg2exp"
 TIMEOUT_MS = 60_000
@@ -66,11 +68,13 @@ def tiny_model_folder(tmp_path_factory):
 @pytest.fixture
 def notes(monkeypatch):
     """Notifications shown by the widgets: list of (level, message)."""
-    from napari_agg2exp.viewer.widgets import base as _common
+    from napari_agg2exp.viewer.widgets import base, runner
 
     seen: list[tuple[str, str]] = []
-    for level in ("error", "warning", "info"):
-        monkeypatch.setattr(_common, f"show_{level}", lambda msg, _l=level: seen.append((_l, str(msg))))
+    for module in (base, runner):
+        for level in ("error", "warning", "info"):
+            if hasattr(module, f"show_{level}"):
+                monkeypatch.setattr(module, f"show_{level}", lambda msg, _l=level: seen.append((_l, str(msg))))
     return seen
 
 
@@ -405,9 +409,9 @@ def test_event_loop_heartbeat_during_run(loaded, qtbot, notes):
     # result is added one layer per event-loop turn; each turn can't be cheaper than that)
     add_cost = 0.0
     for add in (lambda: viewer.add_image(np.zeros(image.data.shape, np.float32), contrast_limits=(-1, 1),
-                                         colormap=agg._attribution_colormap(), **agg._geometry(image)),
-                lambda: viewer.add_labels(np.zeros(image.data.shape, np.uint8), **agg._geometry(image),
-                                          colormap=agg._labels_colormap(agg._class_colours(3)))):
+                                         colormap=attribution_colormap(), **grid_kwargs(image)),
+                lambda: viewer.add_labels(np.zeros(image.data.shape, np.uint8), **grid_kwargs(image),
+                                          colormap=labels_colormap(class_colours(3)))):
         t = time.perf_counter()
         ref = add()
         qtbot.wait(1)

@@ -15,15 +15,21 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal, overload
 
 import numpy as np
+import torch
 
+from napari_agg2exp.attribution.base import Attribution, TargetType, as_volume
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.options import look_up_option
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, report
-from napari_agg2exp.attribution.target import SlidingWindowTarget
 
-__all__ = ["KernelShap", "cube_feature_mask", "shapley_coalitions", "solve_shapley", "exact_shapley"]
+__all__ = ["KernelShap", "KernelShapDetails", "SPREADS", "cube_feature_mask", "shapley_coalitions", "solve_shapley",
+           "exact_shapley"]
+
+#: Per-voxel conventions of a feature's value: spread evenly over its voxels, or the full value on each.
+SPREADS = ("even", "broadcast")
 
 
 def cube_feature_mask(shape, cubes_per_axis: int = 8):
@@ -149,78 +155,128 @@ def exact_shapley(value, M: int) -> np.ndarray:
 
 
 @dataclass
-class ShapResult:
-    attributions: Any  # (K, X, Y, Z) per-voxel maps (or None)
-    values: np.ndarray  # (M, K) Shapley values per feature
-    feature_ids: np.ndarray  # (M,) label of each feature in the feature mask
+class KernelShapDetails:
+    """What a KernelSHAP run found besides the maps (``return_details=True``).
+
+    Attributes:
+        values: (M, K) Shapley value estimates per feature and class.
+        feature_ids: (M,) label of each feature in the feature mask.
+        f_full, f_empty: (K,) scores with every / no feature kept.
+        n_coalitions: coalitions evaluated (besides the full and the empty one).
+    """
+
+    values: np.ndarray
+    feature_ids: np.ndarray
     f_full: np.ndarray
     f_empty: np.ndarray
     n_coalitions: int
 
 
-class KernelShap:
+class KernelShap(Attribution):
     """KernelSHAP for a segmentation model over groups of voxels (cubes or segments).
 
+    One set of coalitions serves every class: each perturbed forward pass gives all K scores, and
+    one weighted least-squares solve has K right-hand sides.
+
     Args:
-        forward: the stitched, masked class scores.
+        forward_func: the stitched, masked class scores.
+
+    Examples::
+
+        >>> maps = KernelShap(fwd).attribute(x, feature_mask=cube_feature_mask(x.shape), n_samples=1000)
+        >>> values = KernelShap(fwd).attribute(x, feature_mask=regions, return_input_shape=False)  # (K, M)
     """
 
-    def __init__(self, forward: SlidingWindowTarget):
-        self.forward = forward
+    @overload
+    def attribute(self, inputs, target: TargetType = ..., *, feature_mask, baselines: float = ..., n_samples: int = ...,
+                  perturbations_per_eval: int = ..., return_input_shape: bool = ..., spread: str = ..., seed: int = ...,
+                  return_details: Literal[False] = ..., progress: ProgressCallback | None = ...,
+                  cancel: CancelFlag | None = ...) -> torch.Tensor: ...
 
-    def attribute(self, inputs, feature_mask, *, baselines: float = 0.0, n_samples: int = 1000, seed: int = 0,
-                  perturbations_per_eval: int = 4, return_input_shape: bool = True, spread: str = "even",
-                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> ShapResult:
-        """Args:
-            inputs: (X, Y, Z) model-grid volume.
-            feature_mask: (X, Y, Z) integer labels; each distinct value is one feature.
-            baselines: value of a removed feature (paper: 0).
+    @overload
+    def attribute(self, inputs, target: TargetType = ..., *, feature_mask, baselines: float = ..., n_samples: int = ...,
+                  perturbations_per_eval: int = ..., return_input_shape: bool = ..., spread: str = ..., seed: int = ...,
+                  return_details: Literal[True], progress: ProgressCallback | None = ...,
+                  cancel: CancelFlag | None = ...) -> tuple[torch.Tensor, KernelShapDetails]: ...
+
+    def attribute(self, inputs, target: TargetType = None, *, feature_mask, baselines: float = 0.0,
+                  n_samples: int = 1000, perturbations_per_eval: int = 4, return_input_shape: bool = True,
+                  spread: str = "even", seed: int = 0, return_details: bool = False,
+                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None):
+        """Shapley values of the class scores over the features of ``feature_mask``.
+
+        Args:
+            inputs: the model-grid volume, (X, Y, Z), (1, X, Y, Z) or (1, 1, X, Y, Z).
+            target: class id(s) among the forward's classes; ``None`` = all.
+            feature_mask: integer labels shaped like ``inputs``; each distinct value is one feature.
+            baselines: value of a removed feature. Default: 0 (the paper's).
             n_samples: coalitions to evaluate (paper: 1000 cubes, 200 semantic).
-            perturbations_per_eval: coalitions per forward batch.
-            return_input_shape: also build per-voxel maps.
+            perturbations_per_eval: coalitions per forward batch. Default: 4.
+            return_input_shape: per-voxel maps (default); ``False``: the values per feature, (M,) or (K, M).
             spread: ``even`` spreads φ over the feature's voxels (region sum = φ); ``broadcast`` puts the
                 full φ on every voxel (the paper's convention).
+            seed: coalition seed.
+            return_details: also return :class:`KernelShapDetails`.
+            progress, cancel: progress callback and cancel flag.
 
         Returns:
-            :class:`ShapResult`.
+            Maps shaped like ``inputs`` (one class id) or ``(K,) + inputs.shape`` (or per-feature values);
+            with ``return_details`` also the details.
         """
-        import torch
-
-        from napari_agg2exp.attribution.gradient import _as_volume
-
-        if spread not in ("even", "broadcast"):
-            raise Agg2ExpError(f"spread must be 'even' or 'broadcast', got {spread!r}")
-        x = _as_volume(inputs).to(self.forward.device)
-        fm = np.asarray(feature_mask)
+        spread = look_up_option(spread, SPREADS, what="spread")
+        if int(n_samples) < 1:
+            raise Agg2ExpError(f"KernelSHAP needs at least 1 sample, got {n_samples}")
+        fwd, single = self._forward_for(target)
+        x = as_volume(inputs).to(fwd.device)
+        fm = np.asarray(feature_mask.cpu() if isinstance(feature_mask, torch.Tensor) else feature_mask)
+        while fm.ndim > 3 and fm.shape[0] == 1:
+            fm = fm[0]
         if fm.shape != tuple(x.shape):
             raise Agg2ExpError(f"feature mask shape {fm.shape} differs from the input's {tuple(x.shape)}")
+        details = self._values(x, fwd, fm, baselines=baselines, n_samples=int(n_samples),
+                               perturbations_per_eval=perturbations_per_eval, seed=seed, progress=progress,
+                               cancel=cancel)
+        if return_input_shape:
+            out = self._shaped(self.spread_values(details.values, fm, details.feature_ids, spread, x.device),
+                               inputs, single)
+        else:
+            values = torch.as_tensor(details.values.T, dtype=torch.float32)
+            out = values[0] if single else values
+        return (out, details) if return_details else out
+
+    @staticmethod
+    def spread_values(values: np.ndarray, feature_mask: np.ndarray, feature_ids: np.ndarray, spread: str = "even",
+                      device=None) -> torch.Tensor:
+        """(M, K) per-feature values -> (K, X, Y, Z) per-voxel maps."""
+        _, inverse = np.unique(feature_mask, return_inverse=True)
+        per = values.copy()
+        if spread == "even":
+            sizes = np.bincount(inverse.ravel(), minlength=len(feature_ids)).astype(float)
+            per = per / sizes[:, None]
+        table = torch.as_tensor(per.T, dtype=torch.float32, device=device)  # (K, M)
+        return table[:, torch.as_tensor(inverse.reshape(feature_mask.shape), device=device)]
+
+    def _values(self, x, forward, fm: np.ndarray, *, baselines: float, n_samples: int, perturbations_per_eval: int,
+                seed: int, progress=None, cancel=None) -> KernelShapDetails:
         ids, inverse = np.unique(fm, return_inverse=True)
         M = len(ids)
         if M > 10000:
-            warnings.warn(f"KernelSHAP with {M} features needs many more samples than usual", stacklevel=2)
+            warnings.warn(f"KernelSHAP with {M} features needs many more samples than usual", stacklevel=3)
         if M < 2:
             raise Agg2ExpError(f"the feature mask has {M} feature(s); KernelSHAP needs at least 2")
         inv = torch.as_tensor(inverse.reshape(fm.shape), device=x.device)
         rng = np.random.default_rng(seed)
         Z, w = shapley_coalitions(M, n_samples, rng)
         all_z = np.vstack([np.ones((1, M), bool), np.zeros((1, M), bool), Z])
-        scores = np.zeros((len(all_z), self.forward.num_targets))
+        scores = np.zeros((len(all_z), forward.num_targets))
         bs = max(1, int(perturbations_per_eval))
         base = torch.as_tensor(float(baselines), device=x.device)
         for b0 in range(0, len(all_z), bs):
             zb = torch.as_tensor(all_z[b0 : b0 + bs], device=x.device)
             keep = zb[:, inv]  # (b, X, Y, Z)
             batch = torch.where(keep, x[None], base)
-            scores[b0 : b0 + len(zb)] = self.forward.scores(batch, cancel=cancel).cpu().numpy()
+            scores[b0 : b0 + len(zb)] = forward.scores(batch, cancel=cancel).cpu().numpy()
             report(progress, min(len(all_z), b0 + bs), len(all_z), "coalitions")
         f_full, f_empty = scores[0], scores[1]
         phi = solve_shapley(Z, w, scores[2:], f_full, f_empty)
-        maps = None
-        if return_input_shape:
-            per = phi.copy()
-            if spread == "even":
-                sizes = np.bincount(inverse.ravel(), minlength=M).astype(float)
-                per = per / sizes[:, None]
-            table = torch.as_tensor(per.T, dtype=torch.float32, device=x.device)  # (K, M)
-            maps = table[:, inv]
-        return ShapResult(maps, phi, ids, f_full, f_empty, len(Z))
+        return KernelShapDetails(phi, ids, f_full, f_empty, len(Z))

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.models.inference import SlidingWindow, _forward
+from napari_agg2exp.models.inference import SlidingWindow, forward_logits
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 
 __all__ = ["SlidingWindowTarget"]
@@ -88,6 +88,16 @@ class SlidingWindowTarget:
         bc = self.plan.weight * self._inv_count[wt.slices]
         return torch.stack([(p == self.classes[k]).float() * bc for k in wt.class_rows])
 
+    def subset(self, classes: Sequence[int]) -> "SlidingWindowTarget":
+        """The same scores for some of the classes (in the given order)."""
+        return SlidingWindowTarget(self.network, self.plan, self._pred, classes, sw_batch_size=self.sw_batch_size,
+                                   batch_classes=self.batch_classes)
+
+    def with_network(self, network) -> "SlidingWindowTarget":
+        """The same masks and windows with another network (e.g. a randomised copy)."""
+        return SlidingWindowTarget(network, self.plan, self._pred, self.classes, sw_batch_size=self.sw_batch_size,
+                                   batch_classes=self.batch_classes)
+
     @property
     def num_targets(self) -> int:
         return len(self.classes)
@@ -124,7 +134,7 @@ class SlidingWindowTarget:
                 w = self.window_weights(wt)
                 xs = x[(slice(None),) + wt.slices][:, None]
                 for b0 in range(0, xs.shape[0], self.sw_batch_size):
-                    z = _forward(self.network, xs[b0 : b0 + self.sw_batch_size], None)
+                    z = forward_logits(self.network, xs[b0 : b0 + self.sw_batch_size], None)
                     total[b0 : b0 + z.shape[0]] += self._window_scores(z, wt, w)
                 report(progress, done + 1, len(active), "forward")
         return total
@@ -167,7 +177,7 @@ class SlidingWindowTarget:
             w = self.window_weights(wt)  # (K_w, *window): 1[M_c] · b / count
             batched = self.batch_classes and len(rows) > 1
             with torch.enable_grad():
-                z = _forward(self.network, xw, None)
+                z = forward_logits(self.network, xw, None)
                 with torch.set_grad_enabled(batched):  # only the batched VJP goes through the scores
                     per_class = self._window_scores(z, wt, w)  # (B, K)
             scores += per_class.detach()

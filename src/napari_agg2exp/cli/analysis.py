@@ -33,9 +33,10 @@ def _parts(text: str) -> list[str]:
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> int:
-    from napari_agg2exp.workflows.case_folder import case_local_importance, load_case
+    from napari_agg2exp.workflows.case_folder import load_case
+    from napari_agg2exp.workflows.case_importance import case_local_importance
     from napari_agg2exp.importance.tables import write_table
-    from napari_agg2exp.cli.main import TerminalProgress
+    from napari_agg2exp.cli.progress import TerminalProgress
     from napari_agg2exp.data.labels import read_label_names
     from napari_agg2exp.data.volume import load_volume
 
@@ -71,15 +72,17 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def _cmd_global(args: argparse.Namespace) -> int:
-    from napari_agg2exp.importance.global_importance import prune_edges, read_groups, write_global_analysis
+    from napari_agg2exp.importance.global_importance import prune_edges, read_groups
+    from napari_agg2exp.report.cohort_outputs import write_global_analysis
     from napari_agg2exp.importance.local import look_up_part
-    from napari_agg2exp.importance.tables import read_local_tables
-    from napari_agg2exp.cli.main import TerminalProgress, prepare_out_dir
+    from napari_agg2exp.workflows.case_importance import read_local_importance
+    from napari_agg2exp.cli.arguments import prepare_out_dir
+    from napari_agg2exp.cli.progress import TerminalProgress
 
     part = look_up_part(args.part)
     prune_edges({}, args.keep_mass)  # validates the threshold before anything is written
     groups = read_groups(args.groups) if args.groups else None
-    local = read_local_tables(args.tables)
+    local = read_local_importance(args.tables)
     out = prepare_out_dir(args.out, args.overwrite)
     written = write_global_analysis(local, out, part=part, keep_mass=args.keep_mass, groups=groups,
                                     progress=TerminalProgress("figures"))
@@ -92,13 +95,15 @@ def _cmd_global(args: argparse.Namespace) -> int:
 
 def _cmd_outliers(args: argparse.Namespace) -> int:
     from napari_agg2exp.importance.local import look_up_part
-    from napari_agg2exp.importance.outliers import outlier_analysis, write_outlier_analysis
-    from napari_agg2exp.importance.tables import read_local_tables, read_quality_table
-    from napari_agg2exp.cli.main import prepare_out_dir
+    from napari_agg2exp.importance.outliers import outlier_analysis
+    from napari_agg2exp.report.cohort_outputs import write_outlier_analysis
+    from napari_agg2exp.importance.tables import read_quality_table
+    from napari_agg2exp.workflows.case_importance import read_local_importance
+    from napari_agg2exp.cli.arguments import prepare_out_dir
 
     part = look_up_part(args.part)
-    train = read_local_tables(args.train)
-    test = read_local_tables(args.test)
+    train = read_local_importance(args.train)
+    test = read_local_importance(args.test)
     quality = read_quality_table(args.quality)
     result = outlier_analysis(train, test, quality, seed=args.seed, part=part)
     out = prepare_out_dir(args.out, args.overwrite)
@@ -113,8 +118,9 @@ def _cmd_outliers(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from napari_agg2exp.report.html import write_case_report, write_cohort_report
-    from napari_agg2exp.cli.main import TerminalProgress
+    from napari_agg2exp.report.html import write_cohort_report
+    from napari_agg2exp.workflows.reports import write_case_report
+    from napari_agg2exp.cli.progress import TerminalProgress
 
     if bool(args.case_dir) == bool(args.cohort):
         raise Agg2ExpError("give either a CASE_DIR or --cohort DIR (one of them)")
@@ -163,7 +169,8 @@ def register(subparsers) -> None:
                     "writes DIR/global_importance.csv, graph.graphml, graph.png, heatmap.png, "
                     "distributions/<target>.png",
     )
-    p.add_argument("tables", nargs="+", metavar="LOCAL.csv", help="local importance tables (one or more)")
+    p.add_argument("tables", nargs="+", metavar="LOCAL.csv",
+                   help="local importance tables (one or more), case folders, or cohort folders (with cases/)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--part", default="abs", help="part used for the graph and figures (default abs)")
     p.add_argument("--keep-mass", type=float, default=0.35,

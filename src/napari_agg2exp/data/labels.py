@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from napari_agg2exp.errors import Agg2ExpError
 
 __all__ = [
@@ -15,6 +17,7 @@ __all__ = [
     "semantic_group",
     "read_label_names",
     "label_names_json",
+    "as_label_array",
 ]
 
 #: The paper's 17 thorax labels (TotalSegmentator v2 subset), index = label id.
@@ -91,3 +94,26 @@ def read_label_names(path: str | Path) -> list[str]:
 
 def label_names_json(names: list[str] | tuple[str, ...]) -> str:
     return json.dumps({str(i): n for i, n in enumerate(names)}, indent=2) + "\n"
+
+
+def as_label_array(rois: np.ndarray) -> np.ndarray:
+    """Return ``rois`` as a non-negative integer array (float volumes must hold whole numbers).
+
+    Raises:
+        Agg2ExpError: negative, non-integral, non-finite or non-numeric labels.
+    """
+    a = np.asarray(rois)
+    if a.dtype.kind == "b":
+        return a.astype(np.uint8)
+    if a.dtype.kind == "f":
+        if a.size and not np.isfinite(a).all():
+            raise Agg2ExpError("RoI label volume holds NaN or infinite values -- labels must be whole numbers >= 0")
+        if a.size and not np.array_equal(a, np.round(a)):
+            raise Agg2ExpError("RoI label volume holds fractional values -- labels must be whole numbers >= 0 "
+                               "(was it resampled with linear interpolation? use nearest neighbour)")
+        a = a.astype(np.int64)
+    if a.dtype.kind not in "iu":
+        raise Agg2ExpError(f"RoI label volume has dtype {a.dtype} -- an integer label volume is needed")
+    if a.dtype.kind == "i" and a.size and a.min() < 0:
+        raise Agg2ExpError(f"RoI label volume holds negative label {int(a.min())} -- labels must be >= 0")
+    return a

@@ -1,7 +1,7 @@
 """One volume type (array + affine + spacing) and NIfTI I/O.
 
 Every output of the tool is written on the grid of the input it came from: same shape, same affine.
-Writes are atomic (temporary file, then rename) so a failure never leaves half a file.
+Writes are atomic (:func:`napari_agg2exp.files.atomic_write`), so a failure never leaves half a file.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.files import atomic_write
 
-__all__ = ["Volume", "load_volume", "save_volume", "atomic_write_text", "spacing_from_affine"]
+__all__ = ["Volume", "load_volume", "save_volume", "spacing_from_affine"]
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
@@ -102,24 +103,6 @@ def load_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
     return Volume(np.asarray(data), np.asarray(affine, dtype=float), _stem(p))
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def default_permissions(path: str | os.PathLike, directory: bool = False) -> None:
-    """Give a temporary file/folder (created 0600/0700) the permissions a plain create would."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
-
-
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    default_permissions(tmp)
-    return Path(tmp)
-
-
 def save_volume(volume: Volume | np.ndarray, path: str | os.PathLike, affine: np.ndarray | None = None,
                 dtype: np.dtype | str | None = None) -> Path:
     """Write a volume as NIfTI atomically (temporary file in the same folder, then rename)."""
@@ -131,28 +114,7 @@ def save_volume(volume: Volume | np.ndarray, path: str | os.PathLike, affine: np
         array, aff = volume, np.eye(4) if affine is None else affine
     if dtype is not None:
         array = np.asarray(array).astype(dtype)
-    p = Path(path)
-    tmp = _atomic_target(p)
-    try:
-        img = nib.Nifti1Image(np.asarray(array), np.asarray(aff, dtype=float))
-        img.set_qform(np.asarray(aff, dtype=float), code=1)
-        img.set_sform(np.asarray(aff, dtype=float), code=1)
-        nib.save(img, str(tmp))
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
-    p = Path(path)
-    tmp = _atomic_target(p)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(aff, dtype=float))
+    img.set_qform(np.asarray(aff, dtype=float), code=1)
+    img.set_sform(np.asarray(aff, dtype=float), code=1)
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))

@@ -3,12 +3,12 @@
 - :func:`evaluate_case` scores attribution methods on one scan: faithfulness correlation, average
   sensitivity, effective complexity and the model-parameter randomisation check, with the same random
   subsets, noise and random weights for every method.
-- The metric functions in :mod:`.core` are pure and work on per-class maps (K, X, Y, Z).
-- :class:`AttributionFunction` recomputes a method's maps for a perturbed input or another network.
+- The metric functions in :mod:`.metrics` are pure and work on per-class maps (K, X, Y, Z).
+- The methods' maps are recomputed for a perturbed input or a randomised network by
+  :meth:`~napari_agg2exp.attribution.Explainer.attribute`, with the clean masks fixed.
 - :mod:`.compare`: per-class Dice of several models on a cohort, one-way ANOVA.
 """
 
-from napari_agg2exp.evaluation.attribution_function import AttributionFunction
 from napari_agg2exp.evaluation.compare import (
     OVERALL,
     anova_table,
@@ -42,13 +42,12 @@ from napari_agg2exp.evaluation.evaluate import (
     evaluate_case,
     look_up_methods,
     look_up_metric,
+    look_up_metrics,
     make_perturbations,
-    summarise,
-    summary_markdown,
 )
+from napari_agg2exp.evaluation.summary import summarise, summary_markdown
 
 __all__ = [
-    "AttributionFunction",
     "OVERALL",
     "anova_table",
     "case_dice",
@@ -77,6 +76,7 @@ __all__ = [
     "evaluate_case",
     "look_up_methods",
     "look_up_metric",
+    "look_up_metrics",
     "make_perturbations",
     "summarise",
     "summary_markdown",

@@ -78,8 +78,8 @@ def case_dice(model, image, labels, classes: Sequence[str], data_names: Sequence
         classes: class names to score.
         data_names: names of the label ids of ``labels`` (default: the model's class names).
     """
-    from napari_agg2exp.models.inference import segment
-    from napari_agg2exp.evaluation.dice import dice_iou
+    from napari_agg2exp.models.prepared import segment
+    from napari_agg2exp.data.dice import dice_iou
 
     if labels.shape != image.shape:
         raise Agg2ExpError(f"labels shape {labels.shape} differs from the image's {image.shape} -- they must share a grid")

@@ -231,7 +231,7 @@ def average_sensitivity(maps, attribution_fn: Callable[..., Any], inputs, noise:
         maps: (K, X, Y, Z) attributions of the clean input.
         attribution_fn: recomputes the maps for a perturbed input, ``attribution_fn(x', progress=, cancel=)
             -> (K, X, Y, Z)``, with the clean class masks fixed (see
-            :class:`~napari_agg2exp.evaluation.attribution_function.AttributionFunction`).
+            :meth:`~napari_agg2exp.attribution.Explainer.attribute`).
         inputs: (X, Y, Z) clean model-grid input.
         noise: (n, X, Y, Z) noise samples from :func:`uniform_noise`.
 

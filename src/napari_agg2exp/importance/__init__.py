@@ -16,7 +16,6 @@ from napari_agg2exp.importance.global_importance import (
     importance_graph,
     prune_edges,
     read_groups,
-    write_global_analysis,
     write_graphml,
 )
 from napari_agg2exp.importance.local import PARTS, THORAX_JOINS, local_importance, naive_local_importance, parse_joins
@@ -25,7 +24,6 @@ from napari_agg2exp.importance.outliers import (
     outlier_analysis,
     outlier_scores,
     spearman_table,
-    write_outlier_analysis,
 )
 from napari_agg2exp.importance.tables import (
     GLOBAL_COLUMNS,
@@ -63,8 +61,6 @@ __all__ = [
     "read_local_tables",
     "read_quality_table",
     "read_table",
-    "write_global_analysis",
     "write_graphml",
-    "write_outlier_analysis",
     "write_table",
 ]

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.files import atomic_write
 from napari_agg2exp.data.labels import SEMANTIC_GROUPS, THORAX_LABELS
 from napari_agg2exp.importance.local import look_up_part
 from napari_agg2exp.importance.tables import GLOBAL_COLUMNS, LOCAL_COLUMNS, validate_columns, write_table
@@ -38,8 +39,6 @@ __all__ = [
     "importance_graph",
     "prune_edges",
     "read_groups",
-    "safe_name",
-    "write_global_analysis",
     "write_graphml",
 ]
 
@@ -136,7 +135,7 @@ def prune_edges(weights: Mapping[str, float], keep_mass: float = 0.35, min_edges
     return kept
 
 
-def _class_order(names) -> list[str]:
+def class_order(names) -> list[str]:
     rank = {n: i for i, n in enumerate(THORAX_LABELS)}
     return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
@@ -180,12 +179,12 @@ def importance_graph(
         raise Agg2ExpError(f"the global importance table has no row with part {part!r} -- parts present: "
                            f"{sorted(global_df['part'].unique())}")
     skip = set(exclude)
-    targets = [t for t in _class_order(df["target"].unique()) if t not in skip]
+    targets = [t for t in class_order(df["target"].unique()) if t not in skip]
     class_set = set(targets) | set(classes if classes is not None else THORAX_LABELS)
-    rois = [r for r in _class_order(df["roi"].unique()) if r not in skip]
+    rois = [r for r in class_order(df["roi"].unique()) if r not in skip]
 
     g = nx.DiGraph(part=part, keep_mass=float(keep_mass))
-    for name in _class_order(set(targets) | set(rois)):
+    for name in class_order(set(targets) | set(rois)):
         g.add_node(name, kind="class" if name in class_set else "roi", group=group_of(name, groups))
     has_n = "n" in df.columns
     for target in targets:
@@ -206,63 +205,4 @@ def write_graphml(graph, path: str | os.PathLike) -> Path:
     """Write a graph as GraphML atomically (temporary file, then rename)."""
     import networkx as nx
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        nx.write_graphml(graph, tmp)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
-
-
-def safe_name(name: str) -> str:
-    """A file-name-safe version of a class name."""
-    out = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)).strip(".")
-    return out or "unnamed"
-
-
-def write_global_analysis(
-    local_df: pd.DataFrame,
-    out_dir: str | os.PathLike,
-    *,
-    part: str = "abs",
-    keep_mass: float = 0.35,
-    groups: Mapping[str, str] | None = None,
-    exclude: Sequence[str] = DEFAULT_EXCLUDE,
-    progress=None,
-) -> dict[str, Path]:
-    """Write the cohort outputs of ``agg2exp global`` into ``out_dir``.
-
-    Files: ``global_importance.csv`` (all parts), ``graph.graphml``, ``graph.png``, ``heatmap.png``
-    and ``distributions/<target>.png`` (graph and figures for ``part``).
-
-    Returns:
-        Name -> path of every file written.
-    """
-    from napari_agg2exp.progress import report
-    from napari_agg2exp.report import cohort_figures as plots
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    part = look_up_part(part)
-    gdf = global_importance(local_df)
-    if not (gdf["part"] == part).any():
-        raise Agg2ExpError(f"the local importance tables have no row with part {part!r} -- parts present: "
-                           f"{sorted(gdf['part'].unique())}; choose one with --part")
-    written = {"global_importance": write_table(gdf, out / "global_importance.csv")}
-    graph = importance_graph(gdf, part, keep_mass, exclude, groups=groups)
-    written["graphml"] = write_graphml(graph, out / "graph.graphml")
-    written["graph"] = plots.save_figure(plots.graph_figure(graph, groups=groups), out / "graph.png")
-    written["heatmap"] = plots.save_figure(plots.heatmap_figure(gdf, part, exclude=exclude), out / "heatmap.png")
-    targets = [t for t in _class_order(local_df["target"].unique()) if t not in set(exclude)]
-    for i, target in enumerate(targets):
-        report(progress, i, len(targets), f"distributions: {target}")
-        fig = plots.distribution_figure(local_df, target, part, groups=groups, exclude=exclude)
-        written[f"distributions/{target}"] = plots.save_figure(fig, out / "distributions" / f"{safe_name(target)}.png")
-    report(progress, len(targets), len(targets), "done")
-    return written
+    return atomic_write(path, lambda tmp: nx.write_graphml(graph, tmp))

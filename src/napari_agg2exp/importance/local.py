@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from napari_agg2exp.data.labels import as_label_array
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 from napari_agg2exp.importance.tables import LOCAL_COLUMNS, PARTS
@@ -88,29 +89,6 @@ def look_up_part(part: str) -> str:
     if p not in PARTS:
         raise Agg2ExpError(f"unknown part {part!r}{_suggest(p, PARTS)} -- choose from {', '.join(PARTS)}")
     return p
-
-
-def as_label_array(rois: np.ndarray) -> np.ndarray:
-    """Return ``rois`` as a non-negative integer array (float volumes must hold whole numbers).
-
-    Raises:
-        Agg2ExpError: negative, non-integral, non-finite or non-numeric labels.
-    """
-    a = np.asarray(rois)
-    if a.dtype.kind == "b":
-        return a.astype(np.uint8)
-    if a.dtype.kind == "f":
-        if a.size and not np.isfinite(a).all():
-            raise Agg2ExpError("RoI label volume holds NaN or infinite values -- labels must be whole numbers >= 0")
-        if a.size and not np.array_equal(a, np.round(a)):
-            raise Agg2ExpError("RoI label volume holds fractional values -- labels must be whole numbers >= 0 "
-                               "(was it resampled with linear interpolation? use nearest neighbour)")
-        a = a.astype(np.int64)
-    if a.dtype.kind not in "iu":
-        raise Agg2ExpError(f"RoI label volume has dtype {a.dtype} -- an integer label volume is needed")
-    if a.dtype.kind == "i" and a.size and a.min() < 0:
-        raise Agg2ExpError(f"RoI label volume holds negative label {int(a.min())} -- labels must be >= 0")
-    return a
 
 
 def roi_name_map(roi_names: Sequence[str] | Mapping[int, str], present: Iterable[int] = ()) -> dict[int, str]:

@@ -38,7 +38,6 @@ __all__ = [
     "outlier_analysis",
     "outlier_scores",
     "spearman_table",
-    "write_outlier_analysis",
 ]
 
 
@@ -183,19 +182,3 @@ def outlier_analysis(train_df: pd.DataFrame, test_df: pd.DataFrame, quality: pd.
     validate_columns(quality, QUALITY_COLUMNS, "(data frame)", "quality table")
     scores, skipped = outlier_scores(train_df, test_df, part=part, seed=seed, n_estimators=n_estimators)
     return OutlierResult(scores, spearman_table(scores, quality), skipped)
-
-
-def write_outlier_analysis(result: OutlierResult, out_dir: str | os.PathLike,
-                           quality: pd.DataFrame | None = None) -> dict[str, Path]:
-    """Write ``scores.csv``, ``spearman.csv`` and ``spearman.png`` into ``out_dir``."""
-    from napari_agg2exp.report.cohort_figures import save_figure, spearman_figure
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {
-        "scores": write_table(result.scores, out / "scores.csv"),
-        "spearman": write_table(result.spearman, out / "spearman.csv"),
-    }
-    fig = spearman_figure(result.spearman, result.scores if quality is not None else None, quality)
-    written["figure"] = save_figure(fig, out / "spearman.png")
-    return written

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.files import atomic_write
 
 __all__ = [
     "GLOBAL_COLUMNS",
@@ -165,21 +166,9 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     Missing values are written as empty CSV cells. Returns the path written.
     """
     p = Path(path)
-    fmt = _format_of(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        if fmt == "csv":
-            df.to_csv(tmp, index=False, na_rep="")
-        else:
-            df.to_parquet(tmp, index=False)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+    if _format_of(p) == "csv":
+        return atomic_write(p, lambda tmp: df.to_csv(tmp, index=False, na_rep=""))
+    return atomic_write(p, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def _check_parts(df: pd.DataFrame, source) -> None:
@@ -196,8 +185,8 @@ def read_local_table(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def read_local_tables(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """Read and concatenate several local importance tables (one cohort).
+def read_local_tables(paths: Sequence[str | os.PathLike | pd.DataFrame]) -> pd.DataFrame:
+    """Read and concatenate several local importance tables (one cohort); tables already read are taken as is.
 
     Raises:
         Agg2ExpError: no paths, or the same ``(case, target, roi, part)`` appears twice (a case in
@@ -206,9 +195,9 @@ def read_local_tables(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     if not paths:
         raise Agg2ExpError("no local importance table given -- pass at least one LOCAL.csv")
     frames = []
-    for p in paths:
-        df = read_local_table(p)
-        df["_source"] = str(p)
+    for i, p in enumerate(paths):
+        df = p.copy() if isinstance(p, pd.DataFrame) else read_local_table(p)
+        df["_source"] = f"table {i + 1}" if isinstance(p, pd.DataFrame) else str(p)
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     key = ["case", "target", "roi", "part"]

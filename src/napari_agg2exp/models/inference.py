@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.options import look_up_option
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 from napari_agg2exp.data.volume import Volume
 
@@ -22,26 +23,33 @@ __all__ = [
     "SlidingWindow",
     "window_slices",
     "sliding_window_logits",
-    "SegmentationResult",
-    "segment",
     "check_window_options",
+    "forward_logits",
+    "window_size_3d",
 ]
 
 BLEND_MODES = ("constant", "gaussian")
 
 
-def check_window_options(window_size, overlap: float, blend: str) -> tuple[tuple[int, int, int], float, str]:
-    ws = (int(window_size),) * 3 if np.isscalar(window_size) else tuple(int(v) for v in window_size)
+def window_size_3d(window_size) -> tuple[int, int, int]:
+    """``N`` or ``(X, Y, Z)`` -> three positive ints (the one place window sizes are normalised)."""
+    try:
+        ws = (int(window_size),) * 3 if np.isscalar(window_size) else tuple(int(v) for v in window_size)
+    except (TypeError, ValueError) as e:
+        raise Agg2ExpError(f"window size must be 1 or 3 positive integers, got {window_size!r}") from e
+    if len(ws) == 1:
+        ws = ws * 3
     if len(ws) != 3 or min(ws) < 1:
         raise Agg2ExpError(f"window size must be 1 or 3 positive integers, got {window_size}")
+    return ws
+
+
+def check_window_options(window_size, overlap: float, blend: str) -> tuple[tuple[int, int, int], float, str]:
+    """Normalised ``(window_size, overlap, blend)``; bad values raise :class:`Agg2ExpError`."""
+    ws = window_size_3d(window_size)
     if not 0.0 <= float(overlap) < 1.0:
         raise Agg2ExpError(f"overlap must be in [0, 1), got {overlap}")
-    if blend not in BLEND_MODES:
-        import difflib
-
-        m = difflib.get_close_matches(str(blend), BLEND_MODES, n=1)
-        raise Agg2ExpError(f"unknown blend mode {blend!r}; use one of {BLEND_MODES}" + (f" (did you mean {m[0]!r}?)" if m else ""))
-    return ws, float(overlap), blend
+    return ws, float(overlap), look_up_option(blend, BLEND_MODES, what="blend mode")
 
 
 def window_slices(shape, window_size, overlap: float) -> list[tuple[slice, slice, slice]]:
@@ -98,7 +106,8 @@ def _batches(n: int, size: int):
         yield list(range(i, min(n, i + max(1, size))))
 
 
-def _forward(network, batch, n_classes: int | None):
+def forward_logits(network, batch, n_classes: int | None = None):
+    """The network's logits of a window batch, checked to be (B, C, X, Y, Z) with C = ``n_classes``."""
     out = network(batch)
     if isinstance(out, (list, tuple)):  # deep supervision heads: first is the prediction
         out = out[0]
@@ -140,63 +149,10 @@ def sliding_window_logits(
         for k, idx in enumerate(_batches(len(plan), sw_batch_size)):
             check_cancel(cancel)
             batch = torch.stack([x[(slice(None),) + plan.slices[i]] for i in idx])
-            z = _forward(network, batch, n_classes).float()
+            z = forward_logits(network, batch, n_classes).float()
             if out is None:
                 out = torch.zeros((z.shape[1],) + plan.shape, dtype=torch.float32, device=x.device)
             for j, i in enumerate(idx):
                 out[(slice(None),) + plan.slices[i]] += z[j] * plan.weight
             report(progress, idx[-1] + 1, len(plan), "segmenting")
     return out / plan.count
-
-
-@dataclass
-class SegmentationResult:
-    """Output of :func:`segment`.
-
-    Attributes:
-        prediction: uint8 labels on the input grid.
-        logits: (C, X', Y', Z') stitched logits on the model grid (torch tensor, CPU).
-        labels_model_grid: (X', Y', Z') argmax on the model grid (numpy).
-        pre: the preprocessing mapping (model input in ``pre.array``).
-        class_names: model class names.
-    """
-
-    prediction: Volume
-    logits: Any
-    labels_model_grid: np.ndarray
-    pre: Any
-    class_names: list[str]
-
-
-def segment(
-    model,
-    volume: Volume,
-    *,
-    window_size=None,
-    overlap: float = 0.25,
-    blend: str = "constant",
-    sw_batch_size: int = 1,
-    progress: ProgressCallback | None = None,
-    cancel: CancelFlag | None = None,
-) -> SegmentationResult:
-    """Segment a volume with a :class:`~napari_agg2exp.models.loading.SegmentationModel`."""
-    import torch
-
-    from napari_agg2exp.data.preprocessing import preprocess, to_input_grid
-
-    ws = tuple(window_size) if window_size is not None else tuple(model.window_size)
-    if np.isscalar(window_size) and window_size is not None:
-        ws = (int(window_size),) * 3
-    ws, overlap, blend = check_window_options(ws, overlap, blend)
-    pre = preprocess(volume, model.preprocessing, ws)
-    x = torch.from_numpy(pre.array)[None].to(model.device)
-    plan = SlidingWindow.plan(pre.array.shape, ws, overlap, blend, device=model.device)
-    try:
-        logits = sliding_window_logits(
-            model.network, x, plan, n_classes=model.num_classes, sw_batch_size=sw_batch_size, progress=progress, cancel=cancel
-        )
-    except torch.OutOfMemoryError as e:  # pragma: no cover - device dependent
-        raise RuntimeError(f"out of memory on {model.device}: try a smaller --window-size or --device cpu") from e
-    labels = logits.argmax(0).to(torch.uint8).cpu().numpy()
-    pred = to_input_grid(labels, pre, mode="nearest").astype(np.uint8)
-    return SegmentationResult(volume.like(pred, name=f"{volume.name}_prediction"), logits.cpu(), labels, pre, list(model.class_names))

@@ -290,20 +290,13 @@ def save_model(network, spec: ModelSpec, out_dir: str | os.PathLike, extra_files
     """
     from safetensors.torch import save_model as save_st_model
 
-    from napari_agg2exp.data.volume import _atomic_target
+    from napari_agg2exp.files import atomic_write, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec.weights = "weights.safetensors"
-    tmp = _atomic_target(out / spec.weights)
-    try:
-        # safetensors' save_model drops aliased tensors (DynUNet shares modules between attributes)
-        save_st_model(network, str(tmp))
-        os.replace(tmp, out / spec.weights)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    from napari_agg2exp.data.volume import atomic_write_text
+    # safetensors' save_model drops aliased tensors (DynUNet shares modules between attributes)
+    atomic_write(out / spec.weights, lambda tmp: save_st_model(network, str(tmp)))
 
     for name, text in {**(extra_files or {}), SPEC_FILE: json.dumps(spec.to_dict(), indent=2) + "\n"}.items():
         atomic_write_text(out / name, text)
@@ -333,9 +326,6 @@ def load_model(
     """
     import torch
 
-    from napari_agg2exp.malloc_tuning import tune_malloc
-
-    tune_malloc()  # large tensors reuse freed heap memory instead of page-faulting it in again
     dev = resolve_device(device)
     p = Path(model) if model is not None else bundled_model_path()
     if not p.exists():

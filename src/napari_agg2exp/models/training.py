@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.files import atomic_write
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 
 __all__ = ["TrainConfig", "find_cases", "load_training_cases", "train"]
@@ -92,7 +93,7 @@ def _validate(model, data, idx, plan_cache, n_classes):
     import torch
 
     from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
-    from napari_agg2exp.evaluation.dice import dice_iou
+    from napari_agg2exp.data.dice import dice_iou
 
     dices = []
     model.network.eval()
@@ -210,10 +211,9 @@ def train(
                 best = mean_fg
                 save_model(net, spec, out)
             save_model(net, spec, out / "last")
-            tmp = state_path.with_suffix(".tmp")
-            torch.save({"network": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "step": step, "best": best, "history": json.dumps(history)}, tmp)
-            os.replace(tmp, state_path)
+            state = {"network": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "step": step, "best": best, "history": json.dumps(history)}
+            atomic_write(state_path, lambda tmp, state=state: torch.save(state, tmp))
     return {
         "best_mean_dice": best,
         "last_val_dice": None if last_dice is None else {n: float(d) for n, d in zip(class_names, last_dice)},

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from napari_agg2exp.data.labels import GROUP_COLOURS, THORAX_LABELS
+from napari_agg2exp.files import atomic_write_bytes
 from napari_agg2exp.importance.global_importance import DEFAULT_EXCLUDE, group_of
 
 __all__ = [
@@ -62,18 +63,7 @@ def figure_png(fig, dpi: int = 100) -> bytes:
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Write a figure as PNG atomically. Returns the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    data = figure_png(fig, dpi)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp_name, p)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    return p
+    return atomic_write_bytes(path, figure_png(fig, dpi))
 
 
 def heatmap_figure(global_df: pd.DataFrame, part: str = "abs", *, exclude: Sequence[str] = DEFAULT_EXCLUDE,

@@ -28,10 +28,15 @@ from pathlib import Path
 import pandas as pd
 
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.data.volume import atomic_write_text
+from napari_agg2exp.files import atomic_write_text
+from napari_agg2exp.importance.global_importance import importance_graph
+from napari_agg2exp.progress import check_cancel, report
+from napari_agg2exp.report.case_figures import case_figures
+from napari_agg2exp.report.cohort_figures import figure_png, graph_figure, heatmap_figure
+from napari_agg2exp.files import atomic_write_text
 from napari_agg2exp.importance.tables import GLOBAL_COLUMNS, read_local_table, read_quality_table, read_table
 
-__all__ = ["REPORT_NAME", "top_rois", "write_case_report", "write_cohort_report"]
+__all__ = ["REPORT_NAME", "case_report_html", "top_rois", "write_cohort_report"]
 
 REPORT_NAME = "report.html"
 
@@ -89,50 +94,30 @@ def top_rois(local_df: pd.DataFrame, target: str, k: int = 5, part: str = "abs")
     return out.sort_values(key, ascending=False, na_position="last").head(k).reset_index(drop=True)
 
 
-def write_case_report(case_dir: str | os.PathLike, out_html: str | os.PathLike | None = None, *,
-                      targets: Iterable[str] | None = None, zero_background: bool = False, top: int = 5,
-                      progress=None, cancel=None) -> Path:
-    """Write the HTML report of one case folder (see the module docstring).
+def case_report_html(case, local: pd.DataFrame, *, local_note: str = "", quality: pd.DataFrame | None = None,
+                     targets: Iterable[str] | None = None, zero_background: bool = False, top: int = 5,
+                     progress=None, cancel=None) -> str:
+    """The HTML report of one loaded case.
 
     Args:
-        case_dir: output folder of ``agg2exp explain``.
-        out_html: file to write (default ``CASE_DIR/report.html``; overwritten).
+        case: a :class:`~napari_agg2exp.workflows.case_folder.CaseData` loaded with its image.
+        local: its local importance table; ``local_note`` says where it came from.
+        quality: its segmentation quality table, if any.
         targets: classes to include (default: every attribution map).
         zero_background: zero the maps where the prediction is background in the figures.
         top: RoIs listed per class.
         progress, cancel: progress callback and stop flag (one step per class).
-
-    Returns:
-        The path of the HTML file.
-
-    Raises:
-        Agg2ExpError: the case folder is incomplete (see :func:`~napari_agg2exp.workflows.case_folder.load_case`).
     """
-    from napari_agg2exp.progress import check_cancel, report
-    from napari_agg2exp.workflows.case_folder import LOCAL_TABLE_NAME, case_local_importance, load_case
-    from napari_agg2exp.report.case_figures import case_figures
-    from napari_agg2exp.report.cohort_figures import figure_png
-
-    case = load_case(case_dir, load_image=True)
     names = list(targets) if targets is not None else list(case.attributions)
-    local_path = case.case_dir / LOCAL_TABLE_NAME
-    if local_path.exists():
-        local = read_local_table(local_path)
-        local_note = f"from {LOCAL_TABLE_NAME}"
-    else:
-        local = case_local_importance(case)
-        local_note = "computed for the predicted RoIs (no local_importance.csv in the case folder)"
     info = case.info
-    body = ['<p class="meta">']
+    body = ['<p class="meta">', f"<b>case:</b> {html.escape(str(case.name))}<br>"]
     for key, label in (("method", "attribution method"), ("image", "image"), ("ground_truth", "ground truth")):
         if info.get(key):
             body.append(f"<b>{label}:</b> {html.escape(str(info[key]))}<br>")
-    body.append(f"<b>case folder:</b> {html.escape(str(case.case_dir.resolve()))}<br>")
     body.append(f"<b>grid:</b> {case.prediction.shape}, spacing "
                 f"{', '.join(f'{s:.2f}' for s in case.prediction.spacing)} mm</p>")
-    quality_path = case.case_dir / "quality.csv"
-    if quality_path.exists():
-        q = read_quality_table(quality_path)
+    if quality is not None:
+        q = quality
         body += ["<h2>Segmentation quality</h2>", _table(q[q["case"] == case.name] if (q["case"] == case.name).any()
                                                          else q)]
     body.append("<h2>Local RoI importance</h2>")
@@ -143,14 +128,11 @@ def write_case_report(case_dir: str | os.PathLike, out_html: str | os.PathLike |
         check_cancel(cancel)
         report(progress, i, len(names), f"report: {target}")
         fig = case_figures(case, [target], zero_background=zero_background)[target]
-        png = figure_png(fig)
         body.append(f"<h2>{html.escape(target)}</h2>")
-        body.append(f'<section class="cls"><div>{_img(png, f"attribution for {target}")}</div>'
+        body.append(f'<section class="cls"><div>{_img(figure_png(fig), f"attribution for {target}")}</div>'
                     f"<div>{_table(top_rois(local, target, top))}</div></section>")
     report(progress, len(names), len(names), "report: done")
-    out = Path(out_html) if out_html is not None else case.case_dir / REPORT_NAME
-    atomic_write_text(out, _page(f"Agg²Exp case report: {case.name}", body))
-    return out
+    return _page(f"Agg²Exp case report: {case.name}", body)
 
 
 def _png_or_none(path: Path) -> bytes | None:
@@ -173,9 +155,6 @@ def write_cohort_report(cohort_dir: str | os.PathLike, out_html: str | os.PathLi
     Raises:
         Agg2ExpError: the folder or its ``global_importance.csv`` is missing.
     """
-    from napari_agg2exp.importance.global_importance import importance_graph
-    from napari_agg2exp.report.cohort_figures import figure_png, graph_figure, heatmap_figure
-
     d = Path(cohort_dir)
     if not d.is_dir():
         raise Agg2ExpError(f"cohort folder not found: {d} -- give the --out folder of `agg2exp global`")
@@ -186,7 +165,7 @@ def write_cohort_report(cohort_dir: str | os.PathLike, out_html: str | os.PathLi
                      numeric=("mean", "median", "std", "q25", "q75", "n"))
     if part not in set(gdf["part"]):
         part = str(gdf["part"].iloc[0]) if len(gdf) else part
-    body = [f'<p class="meta"><b>cohort folder:</b> {html.escape(str(d.resolve()))}<br>']
+    body = [f'<p class="meta"><b>cohort folder:</b> {html.escape(d.name)}<br>']
     local_path = d / "local_importance.csv"
     if local_path.exists():
         local = read_local_table(local_path)

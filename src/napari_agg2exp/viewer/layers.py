@@ -1,4 +1,8 @@
-"""Volume <-> napari layer-data conversion (no napari import: plain LayerData tuples)."""
+"""Volume <-> napari layer conversion: layer data tuples of volumes, volumes of layers, layer geometry.
+
+No napari import: the functions build plain LayerData tuples / keyword dicts, or read the public
+attributes of a layer.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,17 @@ from typing import Any
 import numpy as np
 
 from napari_agg2exp.data.volume import Volume
+from napari_agg2exp.errors import Agg2ExpError
 
-__all__ = ["layer_geometry", "affine_from_layer_meta", "volume_layer_kwargs", "labels_features"]
+__all__ = [
+    "affine_from_layer_meta",
+    "grid_kwargs",
+    "labels_features",
+    "layer_affine",
+    "layer_geometry",
+    "layer_volume",
+    "volume_layer_kwargs",
+]
 
 
 def layer_geometry(affine: np.ndarray) -> dict[str, Any]:
@@ -49,3 +62,33 @@ def volume_layer_kwargs(volume: Volume, name: str | None = None, **extra) -> dic
           "metadata": {"affine": volume.affine.tolist(), "source_name": volume.name}}
     kw.update(extra)
     return kw
+
+
+def layer_affine(layer) -> np.ndarray:
+    """Voxel-to-world affine of a layer: the source file's when known, else the layer's transform."""
+    return affine_from_layer_meta({"metadata": layer.metadata, "scale": list(layer.scale),
+                                   "translate": list(layer.translate), "affine": layer.affine.affine_matrix})
+
+
+def layer_volume(layer) -> Volume:
+    """A layer's data as a :class:`~napari_agg2exp.data.volume.Volume` (no copy for numpy data).
+
+    Raises:
+        Agg2ExpError: multiscale, RGB, or not 3D data.
+    """
+    if getattr(layer, "multiscale", False):
+        raise Agg2ExpError(f"layer {layer.name!r} is multiscale -- open the full-resolution scan as a single volume")
+    if getattr(layer, "rgb", False):
+        raise Agg2ExpError(f"layer {layer.name!r} is an RGB image -- a 3D scan is needed")
+    data = np.asarray(layer.data)
+    if data.ndim == 4 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim != 3:
+        raise Agg2ExpError(f"layer {layer.name!r} has {data.ndim}D data of shape {data.shape} -- a 3D volume is needed")
+    return Volume(data, layer_affine(layer), layer.name)
+
+
+def grid_kwargs(layer) -> dict[str, Any]:
+    """napari keywords putting a new layer exactly on ``layer``'s grid."""
+    return {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "rotate": layer.rotate,
+            "shear": layer.shear, "affine": layer.affine.affine_matrix}

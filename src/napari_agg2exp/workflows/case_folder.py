@@ -1,44 +1,54 @@
-"""One explained case on disk (the output folder of ``agg2exp explain``) and its local importance.
+"""The case folder: :class:`CaseFolder` is the only reader and writer of its layout.
 
-Layout of a case folder ``CASE_DIR/``::
+Layout (version 2) of a case folder ``CASE/``, written by ``segment``, ``explain``, ``demo`` and
+every ``COHORT/cases/<case>``::
 
-    prediction.nii.gz            uint8 labels on the input grid
+    case.json                    {"layout": 2, "case": ..., "image": "ct.nii.gz" (relative to CASE/),
+                                  "ground_truth": ..., "model": ..., "files": [...]}; written last
+    prediction.nii.gz            uint8 labels on the input grid and affine
     labels.json                  {"0": "background", "1": ...} class names by id
-    attributions/<class>.nii.gz  float32 attribution map of target <class>, input grid
-    attribution_info.json        {"method": ..., "image": "/abs/path/ct.nii.gz" (or relative to CASE_DIR), "case": ...,
-                                  "ground_truth": "/abs/path/gt.nii.gz" (optional), ...}
-    local_importance.csv         (optional) case,target,roi,part,mass,mean
-    quality.csv                  (optional) case,class,dice,iou
+    attributions/<class>.nii.gz  float32 attribution map per explained class (none without maps)
+    attribution_info.json        method, parameters, targets, scores, completeness, timings
+    local_importance.csv         case,target,roi,part,mass,mean
+    quality.csv                  case,class,dice,iou (with ground truth)
+
+Paths inside ``case.json`` are relative to the case folder (absolute only when no relative path
+exists), computed against the folder's final place, never a staging folder. Folders of version 0.1
+still load: ``explain`` folders (``attribution_info.json`` and no ``case.json``) and cohort case
+folders (``info.json``, maps in ``maps.npz`` when kept, class names from the cohort's model).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from napari_agg2exp.data.labels import as_label_array, label_names_json, read_label_names
+from napari_agg2exp.data.volume import Volume, load_volume, save_volume
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.data.labels import read_label_names
-from napari_agg2exp.progress import CancelFlag, ProgressCallback
-from napari_agg2exp.data.volume import Volume, load_volume
-from napari_agg2exp.importance.local import PARTS, as_label_array, local_importance
-from napari_agg2exp.importance.tables import write_table
+from napari_agg2exp.files import atomic_write_text, safe_file_name
+from napari_agg2exp.importance.tables import read_local_table, read_quality_table, write_table
 
-__all__ = [
-    "LOCAL_TABLE_NAME",
-    "CaseData",
-    "case_local_importance",
-    "load_case",
-    "resample_labels",
-    "write_local_importance",
-]
+__all__ = ["LAYOUT_VERSION", "CaseData", "CaseFolder", "load_case", "is_case_folder"]
 
-LOCAL_TABLE_NAME = "local_importance.csv"
+LAYOUT_VERSION = 2
+CASE_FILE = "case.json"
+PREDICTION = "prediction.nii.gz"
+LABELS = "labels.json"
+ATTRIBUTIONS = "attributions"
+ATTRIBUTION_INFO = "attribution_info.json"
+LOCAL_TABLE = "local_importance.csv"
+QUALITY_TABLE = "quality.csv"
+_LEGACY_COHORT_INFO = "info.json"
+_LEGACY_MAPS = "maps.npz"
 _NIFTI = (".nii.gz", ".nii")
 
 
@@ -49,43 +59,47 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-class _LazyMaps(Mapping):
-    """target -> attribution array, each read from its NIfTI file on access (never cached)."""
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise Agg2ExpError(f"{path} is not valid JSON ({e}) -- the {what} is damaged; rerun the command") from e
+    if not isinstance(raw, dict):
+        raise Agg2ExpError(f"{path} must hold a JSON object -- the {what} is damaged; rerun the command")
+    return raw
 
-    def __init__(self, files: dict[str, Path], shape: tuple[int, ...]):
-        self._files = files
-        self._shape = shape
+
+class _LazyMaps(Mapping):
+    """target -> attribution array, each read from disk on access (never cached)."""
+
+    def __init__(self, load, names: list[str]):
+        self._load, self._names = load, names
 
     def __getitem__(self, target: str) -> np.ndarray:
-        vol = load_volume(self._files[target], what=f"attribution map of {target!r}")
-        if vol.shape != self._shape:
-            raise Agg2ExpError(f"attribution map {self._files[target]} has shape {vol.shape} but the prediction has "
-                               f"shape {self._shape} -- the case folder is inconsistent; rerun agg2exp explain")
-        return np.asarray(vol.array, dtype=np.float32)
+        if target not in self._names:
+            raise KeyError(target)
+        return self._load(target)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._files)
+        return iter(self._names)
 
     def __len__(self) -> int:
-        return len(self._files)
-
-    def path(self, target: str) -> Path:
-        return self._files[target]
+        return len(self._names)
 
 
 @dataclass
 class CaseData:
-    """An explained case read from its folder.
+    """A case read from its folder.
 
     Attributes:
         case_dir: the folder.
-        name: case name (``attribution_info.json``'s ``case``, else the folder name).
-        image: the input CT (None when not loaded).
-        prediction: (X, Y, Z) predicted labels on the input grid.
+        name: case name.
+        image: the input scan (None when not loaded).
+        prediction: predicted labels on the input grid.
         class_names: class names by id.
-        attributions: target class name -> (X, Y, Z) float32 map, in class-id order (read lazily
-            from disk on each access unless loaded eagerly).
-        info: the content of ``attribution_info.json``.
+        attributions: target -> (X, Y, Z) float32 map on the prediction's grid, in class order (read
+            from disk on each access unless loaded eagerly); empty when the folder keeps no maps.
+        info: ``case.json`` merged with the method information.
     """
 
     case_dir: Path
@@ -99,211 +113,250 @@ class CaseData:
     @property
     def ground_truth_path(self) -> Path | None:
         gt = self.info.get("ground_truth")
-        return Path(gt) if gt else None
+        return None if not gt else (Path(gt) if Path(gt).is_absolute() else self.case_dir / gt)
 
     def load_ground_truth(self) -> Volume:
-        """The ground-truth label volume named in ``attribution_info.json``, on the prediction grid."""
+        """The ground-truth label volume named in the case folder, on the prediction grid."""
+        from napari_agg2exp.data.geometry import resample_labels
+
         p = self.ground_truth_path
         if p is None:
-            raise Agg2ExpError(f"case {self.case_dir} has no ground truth (no \"ground_truth\" in "
-                               "attribution_info.json) -- pass the label file with --ground-truth FILE")
+            raise Agg2ExpError(f"case {self.case_dir} names no ground truth -- pass the label file with "
+                               "--ground-truth FILE")
         gt = load_volume(p, what="ground truth")
         return Volume(resample_labels(gt, self.prediction), self.prediction.affine, gt.name)
 
-    def table_path(self, name: str) -> Path:
-        return self.case_dir / name
+
+def is_case_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a case folder of any layout version."""
+    p = Path(path)
+    return p.is_dir() and any((p / f).is_file() for f in (CASE_FILE, ATTRIBUTION_INFO, _LEGACY_COHORT_INFO))
+
+
+class CaseFolder:
+    """Read and write one case folder.
+
+    Args:
+        path: where the files are (or are being written: a staging folder).
+        final: where the folder will live once complete (default: ``path``); paths recorded in
+            ``case.json`` are relative to it.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, final: str | os.PathLike | None = None):
+        self.path = Path(path)
+        self.final = Path(final) if final is not None else self.path
+        self._files: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"CaseFolder({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ writing
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """``path`` as recorded in ``case.json``: relative to the folder's final place."""
+        p = Path(path).resolve()
+        for base in (self.path.resolve(), self.final.resolve()):
+            try:
+                return p.relative_to(base).as_posix()  # inside the folder (e.g. the demo's sample/)
+            except ValueError:
+                continue
+        try:
+            return Path(os.path.relpath(p, self.final.resolve())).as_posix()
+        except ValueError:  # another drive (Windows): no relative path exists
+            return str(p)
+
+    def _written(self, name: str) -> Path:
+        if name not in self._files:
+            self._files.append(name)
+        return self.path / name
+
+    def write_prediction(self, prediction: Volume, class_names: Iterable[str]) -> None:
+        """``prediction.nii.gz`` (uint8 when the ids fit) and ``labels.json``."""
+        dtype = np.uint8 if int(prediction.array.max(initial=0)) < 256 else np.int32
+        save_volume(prediction, self._written(PREDICTION), dtype=dtype)
+        atomic_write_text(self._written(LABELS), label_names_json(list(class_names)))
+
+    def write_attribution(self, target: str, volume: Volume) -> Path:
+        """``attributions/<class>.nii.gz`` (float32)."""
+        return save_volume(volume, self._written(f"{ATTRIBUTIONS}/{safe_file_name(target)}.nii.gz"), dtype="float32")
+
+    def write_attribution_info(self, info: Mapping[str, Any]) -> Path:
+        return atomic_write_text(self._written(ATTRIBUTION_INFO), json.dumps(info, indent=2, default=str) + "\n")
+
+    def write_local_importance(self, table: pd.DataFrame) -> Path:
+        return write_table(table, self._written(LOCAL_TABLE))
+
+    def write_quality(self, table: pd.DataFrame) -> Path:
+        return write_table(table, self._written(QUALITY_TABLE))
+
+    def inputs_record(self, image=None, ground_truth=None, rois=None) -> dict[str, str]:
+        """The input files as recorded (relative paths); volumes given in memory are not recorded."""
+        given = {"image": image, "ground_truth": ground_truth, "rois": rois}
+        return {k: self.relative(v) for k, v in given.items() if isinstance(v, (str, os.PathLike))}
+
+    def write_case(self, case: str, *, model: str | None = None, **extra: Any) -> Path:
+        """``case.json``, written last: a folder with it is complete (``extra``: image, ground truth, ...)."""
+        record = {"layout": LAYOUT_VERSION, "case": case, **({"model": model} if model else {}), **extra,
+                  "files": sorted(set(self._files)), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        return atomic_write_text(self.path / CASE_FILE, json.dumps(record, indent=2, default=str) + "\n")
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def layout(self) -> str:
+        """``"2"``, ``"0.1-explain"`` or ``"0.1-cohort"``.
+
+        Raises:
+            Agg2ExpError: the path is not a case folder.
+        """
+        d = self.path
+        if not d.is_dir():
+            raise Agg2ExpError(f"case folder not found: {d} -- give the output folder of `agg2exp explain` "
+                               "(or a COHORT/cases/<case> folder)")
+        if (d / CASE_FILE).is_file():
+            return "2"
+        if (d / ATTRIBUTION_INFO).is_file():
+            return "0.1-explain"
+        if (d / _LEGACY_COHORT_INFO).is_file():
+            return "0.1-cohort"
+        raise Agg2ExpError(f"{d} has no {CASE_FILE} (nor the {ATTRIBUTION_INFO} of version 0.1) -- is it the "
+                           "output folder of `agg2exp explain` or a COHORT/cases/<case> folder?")
+
+    def info(self) -> dict:
+        """``case.json`` merged with the method information (``attribution_info.json``)."""
+        layout = self.layout
+        if layout == "0.1-cohort":
+            return _read_json(self.path / _LEGACY_COHORT_INFO, "cohort case record")
+        info: dict = {}
+        if (self.path / ATTRIBUTION_INFO).is_file():
+            info.update(_read_json(self.path / ATTRIBUTION_INFO, "attribution record"))
+        if layout == "2":
+            info.update(_read_json(self.path / CASE_FILE, "case record"))
+        return info
+
+    def class_names(self) -> list[str]:
+        """Class names by id: ``labels.json``, or for a 0.1 cohort case the cohort's model."""
+        if (self.path / LABELS).is_file():
+            return read_label_names(self.path / LABELS)
+        if self.layout == "0.1-cohort":
+            names = _cohort_class_names(self.path.parent.parent)
+            if names:
+                return names
+        raise Agg2ExpError(f"{self.path} has no {LABELS} (class names) -- rerun the command that wrote it")
+
+    def prediction(self) -> Volume:
+        for name in (PREDICTION, "prediction.nii"):
+            if (self.path / name).is_file():
+                pred = load_volume(self.path / name, what="prediction")
+                return Volume(as_label_array(pred.array), pred.affine, pred.name)
+        raise Agg2ExpError(f"{self.path} has no {PREDICTION} -- rerun the command that wrote it")
+
+    def attribution_names(self) -> list[str]:
+        """Targets with a stored map (file stems), unordered."""
+        att = self.path / ATTRIBUTIONS
+        if att.is_dir():
+            return [_stem(p) for p in sorted(att.iterdir()) if p.name.endswith(_NIFTI)]
+        if (self.path / _LEGACY_MAPS).is_file():
+            with np.load(self.path / _LEGACY_MAPS) as z:
+                return [k for k in z.files if k != "affine"]
+        return []
+
+    def attribution(self, target: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """One stored map as float32 (on the input grid for this layout)."""
+        att = self.path / ATTRIBUTIONS
+        if att.is_dir():
+            files = {_stem(p): p for p in att.iterdir() if p.name.endswith(_NIFTI)}
+            if target not in files:
+                raise Agg2ExpError(f"no attribution map for {target!r} in {att}")
+            arr = np.asarray(load_volume(files[target], what=f"attribution map of {target!r}").array, np.float32)
+        else:
+            with np.load(self.path / _LEGACY_MAPS) as z:
+                arr = np.asarray(z[target], np.float32)
+        if shape is not None and arr.shape != tuple(shape):
+            raise Agg2ExpError(f"the attribution map of {target!r} in {self.path} has shape {arr.shape} but the "
+                               f"prediction has shape {tuple(shape)} -- the case folder is inconsistent; rerun")
+        return arr
+
+    def local_importance(self) -> pd.DataFrame | None:
+        p = self.path / LOCAL_TABLE
+        return read_local_table(p) if p.is_file() else None
+
+    def quality(self) -> pd.DataFrame | None:
+        p = self.path / QUALITY_TABLE
+        return read_quality_table(p) if p.is_file() else None
+
+    def image_path(self, info: Mapping[str, Any] | None = None) -> Path | None:
+        img = (self.info() if info is None else info).get("image")
+        return None if not img else (Path(img) if Path(img).is_absolute() else self.path / img)
+
+    def load(self, *, load_image: bool = True, lazy: bool = True, targets: Iterable[str] | None = None,
+             require_maps: bool = True) -> CaseData:
+        """Read the case.
+
+        Args:
+            load_image: also read the input scan named in the folder (needed for figures).
+            lazy: read attribution maps on access (one at a time) instead of all now.
+            targets: only these targets (default: every stored map).
+            require_maps: refuse a folder without attribution maps.
+
+        Raises:
+            Agg2ExpError: the folder or one of its pieces is missing or unreadable, with what to do.
+        """
+        info = self.info()
+        layout = self.layout
+        class_names = self.class_names()
+        prediction = self.prediction()
+        names = self.attribution_names()
+        if not names and require_maps:
+            if layout == "0.1-cohort" or (layout == "2" and not (self.path / ATTRIBUTIONS).exists()):
+                raise Agg2ExpError(f"{self.path} keeps no attribution maps -- rerun the cohort with --keep-maps "
+                                   "(or explain the case with `agg2exp explain`)")
+            where = self.path / ATTRIBUTIONS
+            raise Agg2ExpError(f"{where} holds no attribution maps (<class>.nii.gz) -- rerun agg2exp explain"
+                               if where.is_dir() else f"{self.path} has no {ATTRIBUTIONS}/ folder -- rerun agg2exp explain")
+        rank = {safe_file_name(n): i for i, n in enumerate(class_names)}
+        ordered = sorted(names, key=lambda t: (rank.get(t, len(rank)), t))
+        if targets is not None:
+            wanted = list(targets)
+            missing = [t for t in wanted if t not in names]
+            if missing:
+                raise Agg2ExpError(f"no attribution map for {missing} in {self.path} -- available: {', '.join(ordered)}")
+            ordered = [t for t in ordered if t in set(wanted)]
+        maps: Mapping[str, np.ndarray] = _LazyMaps(lambda t: self.attribution(t, prediction.shape), ordered)
+        if not lazy:
+            maps = {t: maps[t] for t in ordered}
+        image = None
+        if load_image:
+            img = self.image_path(info)
+            if img is None:
+                raise Agg2ExpError(f"{self.path} does not name the input image (\"image\") -- rerun the command")
+            image = load_volume(img, what="input image (named in the case folder)")
+            if image.shape != prediction.shape:
+                raise Agg2ExpError(f"input image {img} has shape {image.shape} but the prediction has shape "
+                                   f"{prediction.shape} -- the case folder names the wrong image")
+        name = str(info.get("case") or self.path.name)
+        return CaseData(self.path, name, image, prediction, class_names, maps, info)
+
+
+def _cohort_class_names(cohort_dir: Path) -> list[str] | None:
+    """Class names of a 0.1 cohort from its ``cohort.json`` (labels file or model spec), if readable."""
+    p = cohort_dir / "cohort.json"
+    if not p.is_file():
+        return None
+    try:
+        fp = _read_json(p, "cohort record").get("fingerprint") or {}
+        if fp.get("label_names"):
+            return read_label_names(fp["label_names"])
+        model = Path(fp.get("model") or "")
+        spec = model / "model.json" if model.is_dir() else model
+        if spec.is_file() and spec.suffix == ".json":
+            return [str(n) for n in _read_json(spec, "model spec").get("class_names", [])] or None
+    except Agg2ExpError:
+        return None
+    return None
 
 
 def load_case(case_dir: str | os.PathLike, *, load_image: bool = True, lazy: bool = True,
-              targets: Iterable[str] | None = None) -> CaseData:
-    """Read a case folder written by ``agg2exp explain``.
-
-    Args:
-        case_dir: the folder.
-        load_image: also read the input CT named in ``attribution_info.json`` (needed for figures).
-        lazy: read attribution maps on access (one at a time) instead of all now.
-        targets: only these targets (default: every map in ``attributions/``).
-
-    Raises:
-        Agg2ExpError: the folder or one of its pieces is missing or unreadable, with what to do.
-    """
-    d = Path(case_dir)
-    if not d.is_dir():
-        raise Agg2ExpError(f"case folder not found: {d} -- give the output folder of `agg2exp explain`")
-    info_path = d / "attribution_info.json"
-    if not info_path.exists():
-        raise Agg2ExpError(f"{d} has no attribution_info.json -- is it the output folder of `agg2exp explain`?")
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise Agg2ExpError(f"{info_path} is not valid JSON ({e}) -- rerun agg2exp explain") from e
-    if not isinstance(info, dict):
-        raise Agg2ExpError(f"{info_path} must hold a JSON object -- rerun agg2exp explain")
-    if not (d / "labels.json").exists():
-        raise Agg2ExpError(f"{d} has no labels.json (class names) -- rerun agg2exp explain")
-    class_names = read_label_names(d / "labels.json")
-    pred_path = d / "prediction.nii.gz"
-    if not pred_path.exists() and (d / "prediction.nii").exists():
-        pred_path = d / "prediction.nii"
-    if not pred_path.exists():
-        raise Agg2ExpError(f"{d} has no prediction.nii.gz -- rerun agg2exp explain")
-    prediction = load_volume(pred_path, what="prediction")
-    prediction = Volume(as_label_array(prediction.array), prediction.affine, prediction.name)
-
-    att_dir = d / "attributions"
-    if not att_dir.is_dir():
-        raise Agg2ExpError(f"{d} has no attributions/ folder -- rerun agg2exp explain")
-    files = {_stem(p): p for p in sorted(att_dir.iterdir()) if p.name.endswith(_NIFTI)}
-    if not files:
-        raise Agg2ExpError(f"{att_dir} holds no attribution maps (<class>.nii.gz) -- rerun agg2exp explain")
-    rank = {n: i for i, n in enumerate(class_names)}
-    ordered = sorted(files, key=lambda t: (rank.get(t, len(rank)), t))
-    if targets is not None:
-        wanted = list(targets)
-        missing = [t for t in wanted if t not in files]
-        if missing:
-            raise Agg2ExpError(f"no attribution map for {missing} in {att_dir} -- available: {', '.join(ordered)}")
-        ordered = [t for t in ordered if t in set(wanted)]
-    maps = _LazyMaps({t: files[t] for t in ordered}, prediction.shape)
-    attributions: Mapping[str, np.ndarray] = maps if lazy else {t: maps[t] for t in maps}
-
-    image = None
-    if load_image:
-        img = info.get("image")
-        if not img:
-            raise Agg2ExpError(f"{info_path} does not name the input image (\"image\") -- rerun agg2exp explain")
-        img = Path(img) if Path(img).is_absolute() else d / img  # relative paths: relative to the case folder
-        image = load_volume(img, what="input image (from attribution_info.json)")
-        if image.shape != prediction.shape:
-            raise Agg2ExpError(f"input image {img} has shape {image.shape} but the prediction has shape "
-                               f"{prediction.shape} -- attribution_info.json names the wrong image")
-    name = str(info.get("case") or d.name)
-    return CaseData(d, name, image, prediction, class_names, attributions, info)
-
-
-def resample_labels(labels: Volume, reference: Volume) -> np.ndarray:
-    """Put a label volume on the grid of ``reference`` (nearest neighbour, through the affines).
-
-    A volume with the reference's shape is taken to be on its grid already (napari label layers and
-    label files written by this tool share the image grid) and returned unchanged. Voxels of the
-    reference grid that fall outside ``labels`` get label 0.
-
-    Raises:
-        Agg2ExpError: an affine cannot be inverted, or no reference voxel falls inside ``labels``.
-    """
-    src = as_label_array(labels.array)
-    if src.ndim != 3:
-        raise Agg2ExpError(f"RoI label volume must be 3D, got shape {src.shape}")
-    if src.shape == reference.shape[-3:]:
-        return src
-    from scipy import ndimage
-
-    try:
-        to_src = np.linalg.inv(np.asarray(labels.affine, float)) @ np.asarray(reference.affine, float)
-    except np.linalg.LinAlgError as e:
-        raise Agg2ExpError(f"RoI volume {labels.name or ''} has a singular affine -- it cannot be mapped onto the "
-                           f"image grid; save it with the image's affine") from e
-    shape = reference.shape[-3:]
-    corners = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
-                        for k in (0, shape[2] - 1)], float).T
-    mapped = (to_src @ corners)[:3]
-    lo, hi = mapped.min(axis=1), mapped.max(axis=1)
-    if np.any(hi < -0.5) or np.any(lo > np.array(src.shape) - 0.5):
-        raise Agg2ExpError(
-            f"RoI volume of shape {src.shape} does not overlap the image grid of shape {tuple(shape)} (their affines "
-            "place them apart) -- give a label volume on the image's grid or with the right affine"
-        )
-    out = ndimage.affine_transform(src, to_src[:3, :3], offset=to_src[:3, 3], output_shape=tuple(shape),
-                                   order=0, mode="grid-constant", cval=0, prefilter=False)
-    return out
-
-
-def _rois_for(case: CaseData, rois, roi_names, ground_truth: bool):
-    """Resolve the RoI volume and names: prediction (default), ground truth, or a custom volume."""
-    if rois is not None and ground_truth:
-        raise Agg2ExpError("give either custom RoIs or the ground truth, not both")
-    if ground_truth:
-        return case.load_ground_truth().array, list(case.class_names)
-    if rois is None:
-        return case.prediction.array, list(case.class_names)
-    if isinstance(rois, (str, os.PathLike)):
-        rois = load_volume(rois, what="RoI label volume")
-    if isinstance(rois, Volume):
-        arr = resample_labels(rois, case.prediction)
-    else:
-        arr = as_label_array(np.asarray(rois))
-        if arr.shape != case.prediction.shape:
-            raise Agg2ExpError(f"RoI array has shape {arr.shape} but the case grid is {case.prediction.shape} -- "
-                               "pass a Volume (with its affine) to resample it, or an array on the image grid")
-    if roi_names is None:
-        roi_names = {0: "background"}
-    elif isinstance(roi_names, (str, os.PathLike)):
-        roi_names = read_label_names(roi_names)
-    return arr, roi_names
-
-
-def case_local_importance(
-    case: CaseData | str | os.PathLike,
-    rois: Volume | np.ndarray | str | os.PathLike | None = None,
-    roi_names: Sequence[str] | Mapping[int, str] | str | os.PathLike | None = None,
-    *,
-    ground_truth: bool = False,
-    joins: Mapping[str, Sequence[str]] | Iterable[str] | None = None,
-    parts: Sequence[str] = PARTS,
-    skip_labels: Iterable[int] | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelFlag | None = None,
-) -> pd.DataFrame:
-    """Local importance of a case folder for its predicted, ground-truth or custom RoIs.
-
-    Args:
-        case: a :class:`CaseData` or a case folder.
-        rois: custom RoIs: a label :class:`~napari_agg2exp.data.volume.Volume` or NIfTI path (resampled
-            with nearest neighbour if its shape differs), or an array on the case grid. Default:
-            the prediction.
-        roi_names: names of the custom RoIs (sequence, ``{id: name}`` or a ``labels.json``-style
-            file). Default for custom RoIs: 0 = ``background``, others ``label_<id>``.
-        ground_truth: use the ground truth named in ``attribution_info.json`` as RoIs.
-        joins: joined RoIs (see :func:`~napari_agg2exp.importance.local.local_importance`).
-        parts: processings among ``abs``, ``pos``, ``neg``.
-        skip_labels: label ids not reported. Default: none for the prediction and ground truth,
-            ``(0,)`` for custom RoIs (label 0 of a custom volume is the unlabelled rest, and leaving
-            it out lets its table be combined with the prediction's table of the same case).
-        progress, cancel: as in :func:`~napari_agg2exp.importance.local.local_importance`.
-    """
-    if not isinstance(case, CaseData):
-        case = load_case(case, load_image=False)
-    custom = rois is not None
-    arr, names = _rois_for(case, rois, roi_names, ground_truth)
-    if skip_labels is None:
-        skip_labels = (0,) if custom else ()
-    return local_importance(case.attributions, arr, names, case=case.name, parts=parts, joins=joins,
-                            skip_labels=skip_labels, progress=progress, cancel=cancel)
-
-
-def write_local_importance(
-    case_dir: str | os.PathLike,
-    rois: Volume | np.ndarray | str | os.PathLike | None = None,
-    roi_names: Sequence[str] | Mapping[int, str] | str | os.PathLike | None = None,
-    *,
-    out: str | os.PathLike | None = None,
-    ground_truth: bool = False,
-    joins: Mapping[str, Sequence[str]] | Iterable[str] | None = None,
-    parts: Sequence[str] = PARTS,
-    skip_labels: Iterable[int] | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelFlag | None = None,
-) -> Path:
-    """Compute a case folder's local importance and write it (atomically).
-
-    This is what ``agg2exp explain`` calls at its end (defaults: predicted RoIs, all parts, written
-    to ``CASE_DIR/local_importance.csv``). Arguments as :func:`case_local_importance`; ``out`` is
-    the table to write (``.csv``, or ``.parquet`` with pyarrow).
-
-    Returns:
-        The path written.
-    """
-    case = load_case(case_dir, load_image=False)
-    df = case_local_importance(case, rois, roi_names, ground_truth=ground_truth, joins=joins, parts=parts,
-                               skip_labels=skip_labels, progress=progress, cancel=cancel)
-    return write_table(df, Path(out) if out is not None else case.case_dir / LOCAL_TABLE_NAME)
+              targets: Iterable[str] | None = None, require_maps: bool = True) -> CaseData:
+    """Read a case folder of any layout version (see :meth:`CaseFolder.load`)."""
+    return CaseFolder(case_dir).load(load_image=load_image, lazy=lazy, targets=targets, require_maps=require_maps)

@@ -1,4 +1,4 @@
-"""napari dock widgets of napari-agg2exp: thin Qt callers of :mod:`napari_agg2exp.viewer.session`.
+"""napari dock widgets of napari-agg2exp: thin Qt callers of :mod:`napari_agg2exp.viewer`.
 
 ===================  ==========================================================================
 widget               does

@@ -24,8 +24,17 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_agg2exp.viewer import session as api
-from napari_agg2exp.viewer.widgets.base import FigureView, PluginWidget, Runner, notify_error, run_row
+from napari_agg2exp.viewer.cohort_graph import (
+    GraphResult,
+    cohort_job,
+    cohort_table,
+    importance_graph,
+    load_tables,
+)
+from napari_agg2exp.viewer.display import select_class
+from napari_agg2exp.viewer.widgets.base import PluginWidget, notify_error, run_row
+from napari_agg2exp.viewer.widgets.figure import FigureView
+from napari_agg2exp.viewer.widgets.runner import Runner
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -52,7 +61,7 @@ class CohortGraphWidget(PluginWidget):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__(napari_viewer)
         napari_viewer = self.viewer
-        self.result: api.GraphResult | None = None
+        self.result: GraphResult | None = None
         self._nodes: dict[str, object] = {}
 
         lay = QVBoxLayout(self)
@@ -117,7 +126,7 @@ class CohortGraphWidget(PluginWidget):
 
     def load(self, paths) -> None:
         try:
-            api.load_tables(self.viewer, paths)
+            load_tables(self.viewer, paths)
         except Exception as e:  # noqa: BLE001 - shown as a notification
             notify_error(e)
             return
@@ -135,7 +144,7 @@ class CohortGraphWidget(PluginWidget):
     def run_cohort(self, images=None):
         """Explain every scan (open layers or a folder) and draw; returns the worker (None if refused)."""
         method = self._method.currentData()
-        return self.runner.start(lambda: api.cohort_job(self.viewer, images, method),
+        return self.runner.start(lambda: cohort_job(self.viewer, images, method),
                                  on_done=lambda _t: self.draw())
 
     # ---- drawing
@@ -148,8 +157,8 @@ class CohortGraphWidget(PluginWidget):
         if keep_mass is not None:
             self._keep.setValue(float(keep_mass))
         try:
-            table = api.cohort_table(self.viewer)
-            res = api.importance_graph(table, self._part.currentText(), self._keep.value())
+            table = cohort_table(self.viewer)
+            res = importance_graph(table, self._part.currentText(), self._keep.value())
         except Exception as e:  # noqa: BLE001 - shown as a notification
             notify_error(e)
             return None
@@ -193,7 +202,7 @@ class CohortGraphWidget(PluginWidget):
 
     def _target_changed(self, name: str) -> None:
         if name:
-            api.select_class(self.viewer, name)
+            select_class(self.viewer, name)
             self._draw_distribution()
 
     def _node_picked(self, event) -> None:
@@ -203,7 +212,7 @@ class CohortGraphWidget(PluginWidget):
 
     def select_node(self, name: str) -> None:
         """What a click on a node does: select that class everywhere (its map is shown)."""
-        api.select_class(self.viewer, name)
+        select_class(self.viewer, name)
         if self._target.findText(name) >= 0:
             self._target.setCurrentText(name)
         self._highlight(name)

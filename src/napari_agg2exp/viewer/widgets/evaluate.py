@@ -23,8 +23,10 @@ from qtpy.QtWidgets import (
     QTableWidgetItem,
 )
 
-from napari_agg2exp.viewer import session as api
-from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, Runner, run_row
+from napari_agg2exp.viewer.display import metric_table
+from napari_agg2exp.viewer.jobs import evaluate_job
+from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, run_row
+from napari_agg2exp.viewer.widgets.runner import Runner
 from napari_agg2exp.viewer.widgets.segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -148,13 +150,13 @@ class EvaluateWidget(PluginWidget):
 
             if not methods or not metrics:
                 raise Agg2ExpError("check at least one method and one metric")
-            return api.evaluate_job(self.viewer, image, methods, metrics, targets, **settings)
+            return evaluate_job(self.viewer, image, methods, metrics, targets, **settings)
 
         return self.runner.start(make, on_done=self.show_table)
 
     def show_table(self, table) -> None:
         self.table = table
-        wide = api.metric_table(table)
+        wide = metric_table(table)
         metric_cols = [c for c in wide.columns if c not in ("method", "target")]
         headers = ["method", "target"] + [self._metrics_info[c].title if c in self._metrics_info else c
                                           for c in metric_cols]

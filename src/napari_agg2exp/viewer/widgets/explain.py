@@ -21,8 +21,11 @@ from qtpy.QtWidgets import (
     QPushButton,
 )
 
-from napari_agg2exp.viewer import session as api
-from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, Runner, run_row
+from napari_agg2exp.viewer.display import select_class
+from napari_agg2exp.viewer.jobs import explain_job, explain_parameters
+from napari_agg2exp.viewer.layer_lookup import find_layer
+from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, run_row
+from napari_agg2exp.viewer.widgets.runner import Runner
 from napari_agg2exp.viewer.widgets.segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,7 +113,7 @@ class ExplainWidget(PluginWidget):
         info = METHODS[self.method]
         self._doc.setText(f'<a href="{info.doc_url}">{info.title}: reference</a>')
         self._params.clear()
-        for name, default in api.explain_parameters(self.method).items():
+        for name, default in explain_parameters(self.method).items():
             self._params.append(parameter_widget(name, default))
         self._params.native.setVisible(len(self._params) > 0)
 
@@ -124,7 +127,7 @@ class ExplainWidget(PluginWidget):
     def _present_names(self) -> set[str]:
         model = self.state.model
         image = self._image.layer()
-        pred = api._find_layer(self.viewer, "prediction", image.name) if image is not None else None
+        pred = find_layer(self.viewer, "prediction", image.name) if image is not None else None
         if model is None or pred is None:
             return set()
         ids = np.unique(np.asarray(pred.data))
@@ -174,7 +177,7 @@ class ExplainWidget(PluginWidget):
 
     def _item_selected(self, item, _previous=None) -> None:
         if item is not None and item.flags() & Qt.ItemFlag.ItemIsUserCheckable:
-            api.select_class(self.viewer, item.text())
+            select_class(self.viewer, item.text())
 
     def _class_selected(self, name: str) -> None:
         try:
@@ -191,6 +194,6 @@ class ExplainWidget(PluginWidget):
         method = self.method
 
         def make():
-            return api.explain_job(self.viewer, image, method, self.targets(), **self.parameters())
+            return explain_job(self.viewer, image, method, self.targets(), **self.parameters())
 
         return self.runner.start(make, on_done=lambda _layers: self._fill_classes())

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QLabel
 
-from napari_agg2exp.viewer import session as api
-from napari_agg2exp.viewer.widgets.base import PluginWidget, Runner, run_row
+from napari_agg2exp.viewer.jobs import load_model_job
+from napari_agg2exp.viewer.widgets.base import PluginWidget, run_row
+from napari_agg2exp.viewer.widgets.runner import Runner
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -83,10 +84,10 @@ class ModelWidget(PluginWidget):
         def make():
             kwargs = {"device": device, "trust_checkpoint": self._trust.isChecked()}
             if src == SOURCES[0]:
-                return api.load_model_job(self.viewer, None, **kwargs)
+                return load_model_job(self.viewer, None, **kwargs)
             if src == SOURCES[1]:
-                return api.load_model_job(self.viewer, _path(self._folder.value, "model folder"), **kwargs)
-            return api.load_model_job(self.viewer, _path(self._script.value, "TorchScript file"),
+                return load_model_job(self.viewer, _path(self._folder.value, "model folder"), **kwargs)
+            return load_model_job(self.viewer, _path(self._script.value, "TorchScript file"),
                                       label_names=_path(self._labels.value, "label names file"), **kwargs)
 
         return self.runner.start(make)

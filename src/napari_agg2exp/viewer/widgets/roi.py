@@ -25,15 +25,13 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_agg2exp.viewer import session as api
-from napari_agg2exp.viewer.widgets.base import (
-    FigureView,
-    LayerCombo,
-    PluginWidget,
-    Runner,
-    notify_error,
-    run_row,
-)
+from napari_agg2exp.viewer.add_layers import write_features
+from napari_agg2exp.viewer.display import go_to_roi, roi_table, select_class
+from napari_agg2exp.viewer.jobs import roi_importance_job
+from napari_agg2exp.viewer.layer_lookup import attribution_layers, find_layer, layer_kind
+from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, notify_error, run_row
+from napari_agg2exp.viewer.widgets.figure import FigureView
+from napari_agg2exp.viewer.widgets.runner import Runner
 from napari_agg2exp.viewer.widgets.segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,11 +46,12 @@ RECOMPUTE_DELAY_MS = 250
 def _is_roi_layer(layer) -> bool:
     from napari.layers import Labels
 
-    return isinstance(layer, Labels) and api._kind(layer) != "prediction"
+    return isinstance(layer, Labels) and layer_kind(layer) != "prediction"
 
 
 def bar_figure(rows, measure: str, part: str, target: str, highlight: str | None = None):
-    """Horizontal bar chart of one target's RoI importance (rows from :func:`viewer_api.roi_table`)."""
+    """Horizontal bar chart of one target's RoI importance (rows from
+    :func:`~napari_agg2exp.viewer.display.roi_table`)."""
     from matplotlib.figure import Figure
 
     names = list(rows["roi"])
@@ -150,7 +149,7 @@ class RoiImportanceWidget(PluginWidget):
         """The Labels layer holding the RoIs (the prediction layer for ``prediction``), or None."""
         img = self.image_layer()
         if self._rois.currentText() == "prediction":
-            return api._find_layer(self.viewer, "prediction", img.name) if img is not None else None
+            return find_layer(self.viewer, "prediction", img.name) if img is not None else None
         return self._rois.layer()
 
     def set_rois(self, name: str) -> None:
@@ -171,7 +170,7 @@ class RoiImportanceWidget(PluginWidget):
 
     def _fill_targets(self) -> None:
         img = self.image_layer()
-        targets = list(api.attribution_layers(self.viewer, img)) if img is not None else []
+        targets = list(attribution_layers(self.viewer, img)) if img is not None else []
         current = self._target.currentText() or self.state.selected_class
         if targets == [self._target.itemText(i) for i in range(self._target.count())]:
             return
@@ -198,7 +197,7 @@ class RoiImportanceWidget(PluginWidget):
 
     def _roi_edited(self, event=None) -> None:
         img = self.image_layer()
-        if self._auto.isChecked() and img is not None and api.attribution_layers(self.viewer, img):
+        if self._auto.isChecked() and img is not None and attribution_layers(self.viewer, img):
             self._timer.start()  # restarted by each event: one run after the last stroke
 
     # ---- compute
@@ -211,7 +210,7 @@ class RoiImportanceWidget(PluginWidget):
         rois = None if self._rois.currentText() == "prediction" else self._rois.layer()
         target = self._target.currentText() or None
         self._dirty = False
-        return self.runner.start(lambda: api.roi_importance_job(self.viewer, img, rois, target=target),
+        return self.runner.start(lambda: roi_importance_job(self.viewer, img, rois, target=target),
                                  on_done=self._computed)
 
     def _computed(self, table) -> None:
@@ -225,7 +224,7 @@ class RoiImportanceWidget(PluginWidget):
         target = self._target.currentText()
         if self.table is None or not target:
             return None
-        return api.roi_table(self.table, target, self._measure.currentText(), self._part.currentText())
+        return roi_table(self.table, target, self._measure.currentText(), self._part.currentText())
 
     def render(self) -> None:
         rows = self.rows()
@@ -246,10 +245,10 @@ class RoiImportanceWidget(PluginWidget):
 
     def _target_changed(self, name: str) -> None:
         if name:
-            api.select_class(self.viewer, name)
+            select_class(self.viewer, name)
             layer = self.roi_layer()
             if self.table is not None and layer is not None and name in set(self.table["target"]):
-                api.write_features(layer, self.table, name)
+                write_features(layer, self.table, name)
         self.render()
 
     def _class_selected(self, name: str) -> None:
@@ -265,7 +264,7 @@ class RoiImportanceWidget(PluginWidget):
         if layer is None:
             return None
         try:
-            idx = api.go_to_roi(self.viewer, layer, roi)
+            idx = go_to_roi(self.viewer, layer, roi)
         except Exception as e:  # noqa: BLE001 - shown as a notification
             notify_error(e)
             return None

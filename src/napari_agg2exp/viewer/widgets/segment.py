@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QDoubleSpinBox, QLabel
 
-from napari_agg2exp.viewer import session as api
-from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, Runner, run_row
+from napari_agg2exp.viewer.jobs import segment_job
+from napari_agg2exp.viewer.layer_lookup import layer_kind
+from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, run_row
+from napari_agg2exp.viewer.widgets.runner import Runner
 from napari_agg2exp.viewer.widgets.model import describe_model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,7 +22,7 @@ def is_scan(layer) -> bool:
     """A 3D scan: an Image layer that is not an attribution map of this plugin."""
     from napari.layers import Image
 
-    return isinstance(layer, Image) and api._kind(layer) is None and not layer.rgb
+    return isinstance(layer, Image) and layer_kind(layer) is None and not layer.rgb
 
 
 class SegmentWidget(PluginWidget):
@@ -50,7 +52,7 @@ class SegmentWidget(PluginWidget):
         """Segment the chosen image in a worker; returns the worker (None if refused)."""
         image = self._image.layer()
         overlap = self._overlap.value()
-        return self.runner.start(lambda: api.segment_job(self.viewer, image, overlap=overlap))
+        return self.runner.start(lambda: segment_job(self.viewer, image, overlap=overlap))
 
     def _model_changed(self, model) -> None:
         try:

@@ -1,0 +1,101 @@
+"""Arguments shared by several commands: model, sliding window, output folders, method settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.files import check_out_dir
+from napari_agg2exp.models.inference import window_size_3d
+from napari_agg2exp.models.loading import SegmentationModel, load_model
+
+__all__ = [
+    "add_method_args",
+    "add_model_args",
+    "add_window_args",
+    "method_settings",
+    "model_from_args",
+    "prepare_out_dir",
+    "print_warnings",
+    "window_from_args",
+]
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None,
+                   help="model folder (model.json + weights) or TorchScript file; default: the bundled model")
+    g.add_argument("--label-names", default=None,
+                   help="labels JSON for a TorchScript model ({\"0\": \"background\", ...})")
+    g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow checkpoints that need pickle (runs code from the file!)")
+
+
+def add_window_args(p: argparse.ArgumentParser, *, batch: bool = True) -> None:
+    g = p.add_argument_group("sliding window")
+    g.add_argument("--window-size", type=int, nargs="+", default=None,
+                   help="window size (1 or 3 ints); default: the model's (96)")
+    g.add_argument("--overlap", type=float, default=0.25, help="window overlap in [0, 1) (default 0.25)")
+    g.add_argument("--blend", default="constant", help="blending of overlapping windows: constant or gaussian")
+    if batch:
+        g.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass (default 1)")
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """The attribution settings every method reads what it needs from (see the method registry)."""
+    p.add_argument("--steps", type=int, default=None, help="IG steps (default 20)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="SG samples (20) / KernelSHAP coalitions (1000 cubes, 200 semantic)")
+    p.add_argument("--noise-level", type=float, default=None,
+                   help="SG noise σ as a fraction of the intensity range (0.1)")
+    p.add_argument("--baseline", type=float, default=None, help="IG baseline / KernelSHAP removed-feature value (0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4, help="IG steps / SG samples / coalitions per batch (4)")
+
+
+def method_settings(args: argparse.Namespace) -> dict:
+    """The generic method settings of :func:`add_method_args` (``None`` = the method's default)."""
+    keys = ("steps", "samples", "noise_level", "baseline", "seed", "batch_size", "spread", "features")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def window_from_args(args: argparse.Namespace) -> tuple[int, int, int] | None:
+    ws = getattr(args, "window_size", None)
+    if ws is None:
+        return None
+    if len(ws) not in (1, 3):
+        raise Agg2ExpError(f"--window-size takes 1 or 3 integers, got {ws}")
+    return window_size_3d(ws)
+
+
+def print_warnings(caught) -> None:
+    """Print caught warnings once each as ``agg2exp: warning: ...`` (deprecations left out)."""
+    seen = set()
+    for w in caught:
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
+            continue
+        msg = str(w.message)
+        if msg not in seen:
+            seen.add(msg)
+            print(f"agg2exp: warning: {msg}", file=sys.stderr)
+
+
+def model_from_args(args: argparse.Namespace, path: str | None = None) -> SegmentationModel:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(path if path is not None else args.model, label_names=args.label_names,
+                           device=args.device, trust_checkpoint=args.trust_checkpoint)
+    print_warnings(caught)
+    return model
+
+
+def prepare_out_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Create an output folder; refuse one that already holds results unless ``overwrite``."""
+    p = check_out_dir(path, overwrite)
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -1,0 +1,149 @@
+"""One scan prepared for a model, segmented once: :class:`PreparedCase` and :func:`segment`.
+
+Everything later steps need is computed here once and passed on -- the preprocessed input on the
+model grid, the sliding-window plan, the clean prediction (on the model grid, which fixes every class
+mask ``M_c`` of SPEC §1, and mapped back to the input grid) and the clean scores ``f_c(x)`` -- so
+explaining, evaluating and the napari widgets never segment the same scan twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from napari_agg2exp.data.preprocessing import Preprocessed, preprocess, to_input_grid
+from napari_agg2exp.data.volume import Volume
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.models.inference import SlidingWindow, check_window_options, sliding_window_logits
+from napari_agg2exp.models.loading import SegmentationModel
+from napari_agg2exp.progress import CancelFlag, ProgressCallback
+
+__all__ = ["PreparedCase", "prepare_case", "segment", "frozen"]
+
+
+@contextlib.contextmanager
+def frozen(network) -> Iterator:
+    """Eval mode and no weight gradients inside the block; the network's own state is restored after."""
+    flags = [(p, p.requires_grad) for p in network.parameters()]
+    was_training = network.training
+    for p, _ in flags:
+        p.requires_grad_(False)  # input gradients only: no graph through the weights
+    network.eval()
+    try:
+        yield network
+    finally:
+        network.train(was_training)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@dataclass
+class PreparedCase:
+    """A scan on the model grid with its clean segmentation.
+
+    Attributes:
+        model: the segmentation model.
+        image: the input scan (input grid).
+        pre: the preprocessing mapping; ``pre.array`` is the model input.
+        inputs: (X', Y', Z') float32 model input on ``model.device``.
+        plan: the sliding-window plan of the model grid.
+        labels: (X', Y', Z') clean prediction on the model grid (argmax of the stitched logits).
+        prediction: the clean prediction on the input grid (uint8, the input's affine).
+        scores: ``f_c(x)`` (logit sum over ``M_c``) of every class present in ``labels``.
+        sw_batch_size: windows per forward pass.
+    """
+
+    model: SegmentationModel
+    image: Volume
+    pre: Preprocessed
+    inputs: torch.Tensor
+    plan: SlidingWindow
+    labels: np.ndarray
+    prediction: Volume
+    scores: dict[int, float] = field(default_factory=dict)
+    sw_batch_size: int = 1
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.model.class_names)
+
+    @property
+    def present(self) -> list[int]:
+        """Class ids present in the clean prediction."""
+        return sorted(self.scores)
+
+    @property
+    def window(self) -> dict:
+        """The sliding-window settings, as recorded in outputs."""
+        return {"window_size": list(self.plan.window_size), "overlap": self.plan.overlap, "blend": self.plan.blend}
+
+    def resolve_targets(self, targets: Sequence[str | int] | str | None) -> tuple[list[int], list[str]]:
+        """``(present ids, skipped names)``: names/ids asked for; ``None``/``"all"`` = every present class.
+
+        Raises:
+            Agg2ExpError: an unknown class name or id (with a suggestion).
+        """
+        if targets is None or targets == "all" or (isinstance(targets, (list, tuple)) and list(targets) == ["all"]):
+            ids = self.present
+        else:
+            if isinstance(targets, str):
+                targets = [t.strip() for t in targets.split(",") if t.strip()]
+            ids = [self.model.class_index(t) for t in targets]
+        keep = [i for i in ids if i in self.scores]
+        skipped = [self.model.class_names[i] for i in ids if i not in self.scores]
+        return keep, skipped
+
+
+def prepare_case(
+    model: SegmentationModel,
+    image: Volume,
+    *,
+    window_size: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+    blend: str = "constant",
+    sw_batch_size: int = 1,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> PreparedCase:
+    """Preprocess ``image`` for ``model`` and segment it once (SPEC §2, §9).
+
+    Args:
+        model: a loaded model.
+        image: the input scan (any axis-aligned orientation and spacing).
+        window_size: sliding window (default: the model's); overlap, blend: SPEC §2 defaults.
+        sw_batch_size: windows per forward pass.
+        progress, cancel: progress callback and cancel flag.
+
+    Raises:
+        Agg2ExpError: bad window options or a model whose outputs do not fit its class names.
+    """
+    ws, overlap, blend = check_window_options(model.window_size if window_size is None else window_size, overlap, blend)
+    pre = preprocess(image, model.preprocessing, ws)
+    x = torch.from_numpy(pre.array).to(model.device)
+    plan = SlidingWindow.plan(pre.array.shape, ws, overlap, blend, device=model.device)
+    try:
+        with frozen(model.network), torch.no_grad():
+            logits = sliding_window_logits(model.network, x[None], plan, n_classes=model.num_classes,
+                                           sw_batch_size=sw_batch_size, progress=progress, cancel=cancel)
+            labels = logits.argmax(0)
+            present = torch.unique(labels).tolist()
+            # f_c(x) of the clean input straight from the stitched logits, then free them (C volumes)
+            scores = {int(c): float(logits[c][labels == c].sum()) for c in present}
+            del logits
+    except torch.OutOfMemoryError as e:  # pragma: no cover - device dependent
+        raise Agg2ExpError(f"out of memory on {model.device}: try a smaller --window-size or --device cpu") from e
+    dtype = torch.uint8 if model.num_classes <= 256 else torch.int32
+    labels_np = labels.to(dtype).cpu().numpy()
+    pred = to_input_grid(labels_np, pre, mode="nearest").astype(labels_np.dtype)
+    return PreparedCase(model, image, pre, x, plan, labels_np, image.like(pred, name=f"{image.name}_prediction"),
+                        scores, max(1, int(sw_batch_size)))
+
+
+def segment(model: SegmentationModel, image: Volume, **kwargs) -> PreparedCase:
+    """Segment ``image``: :func:`prepare_case` (``.prediction`` is the input-grid label volume)."""
+    return prepare_case(model, image, **kwargs)
+

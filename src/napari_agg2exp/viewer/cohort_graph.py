@@ -1,0 +1,154 @@
+"""Cohorts: local importance of several scans (run here or read from tables), their global
+importance graph (SPEC §5), and showing it in the "Cohort & graph" dock."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari_agg2exp.attribution.explainer import Explainer
+from napari_agg2exp.data.volume import load_volume
+from napari_agg2exp.workflows.case import run_case
+from napari_agg2exp.workflows.case_importance import read_local_importance
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.progress import SubProgress, check_cancel
+from napari_agg2exp.viewer.docks import open_widget
+from napari_agg2exp.viewer.jobs import Job, model_for
+from napari_agg2exp.viewer.layer_lookup import get_image_layer, image_layers
+from napari_agg2exp.viewer.layers import layer_volume
+from napari_agg2exp.viewer.session import session
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+    import pandas as pd
+
+__all__ = ["GraphResult", "cohort", "cohort_job", "cohort_table", "importance_graph", "load_tables", "show_graph"]
+
+
+def _nifti_files(folder) -> list[Path]:
+    p = Path(folder)
+    if not p.is_dir():
+        raise Agg2ExpError(f"cohort folder not found: {p} -- give a folder of .nii/.nii.gz scans")
+    files = sorted(f for f in p.iterdir() if f.name.endswith((".nii", ".nii.gz")))
+    if not files:
+        raise Agg2ExpError(f"no .nii/.nii.gz file in {p}")
+    return files
+
+
+def cohort_job(viewer: napari.Viewer, images=None, method: str = "vg", model=None, *,
+               parts: Sequence[str] = ("abs", "pos", "neg"), **params) -> Job:
+    """Job running a small cohort: explain every scan and compute its local importance with the
+    predicted RoIs; no layer is added. ``apply`` returns the cohort table (one case per scan).
+
+    Args:
+        images: None (every open scan), a list of Image layers / names, or a folder of NIfTI scans.
+        method, model, **params: as in :func:`~napari_agg2exp.viewer.jobs.explain_job` (targets: all
+            present classes).
+    """
+    explainer = Explainer(method, **params)
+    state = session(viewer)
+    if isinstance(images, (str, Path)) and not (isinstance(images, str) and images in viewer.layers):
+        sources: list = _nifti_files(images)
+    else:
+        layers = image_layers(viewer) if images is None else [get_image_layer(viewer, i) for i in images]
+        if not layers:
+            raise Agg2ExpError("no image layer is open -- open scans or give a folder of NIfTI scans")
+        sources = [layer_volume(ly) for ly in layers]
+
+    def compute(progress, cancel):
+        import pandas as pd
+
+        m, new = model_for(state, model)
+        frames = []
+        for i, src in enumerate(sources):
+            check_cancel(cancel)
+            vol = load_volume(src) if isinstance(src, Path) else src
+            sub = SubProgress(progress, 100 * i, 100, 100 * len(sources))
+            res = run_case(m, vol, case=vol.name or f"case{i}", explainer=explainer, progress=sub, cancel=cancel)
+            frames.append(res.local_importance[res.local_importance["part"].isin(parts)])
+        return m, new, pd.concat(frames, ignore_index=True)
+
+    def apply(result):
+        m, new, table = result
+        if new:
+            state.set_model(m)
+        state.cohort = table
+        state.tables_changed.emit()
+        return table
+
+    return Job(f"Cohort of {len(sources)} scan{'s' if len(sources) != 1 else ''}", compute, apply)
+
+
+def cohort(viewer: napari.Viewer, images=None, method: str = "vg", model=None, **kwargs) -> pd.DataFrame:
+    """Run a small cohort (see :func:`cohort_job`); returns its local importance table."""
+    return cohort_job(viewer, images, method, model, **kwargs).run()
+
+
+def load_tables(viewer: napari.Viewer, paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Read local importance tables (CSV/Parquet), case folders or cohort folders into the session;
+    returns the combined table."""
+    table = read_local_importance([str(p) for p in paths])
+    state = session(viewer)
+    state.cohort = table
+    state.tables_changed.emit()
+    return table
+
+
+def cohort_table(viewer: napari.Viewer) -> pd.DataFrame:
+    """The cohort table to show: the last loaded / run cohort, else this session's prediction tables.
+
+    Raises:
+        Agg2ExpError: there is none yet.
+    """
+    state = session(viewer)
+    table = state.cohort if state.cohort is not None else state.session_table()
+    if table is None or len(table) == 0:
+        raise Agg2ExpError("no local importance table yet -- compute RoI importance, run a cohort or load tables")
+    return table
+
+
+@dataclass
+class GraphResult:
+    """Global importance of a cohort, its graph (networkx) and the parameters used."""
+
+    local: Any
+    global_: Any
+    graph: Any
+    part: str
+    keep_mass: float
+
+
+def importance_graph(table: pd.DataFrame, part: str = "abs", keep_mass: float = 0.35,
+                     groups: Mapping[str, str] | None = None) -> GraphResult:
+    """Global importance (SPEC §5) and the class-to-RoI graph of a local importance table."""
+    from napari_agg2exp.importance.global_importance import global_importance
+    from napari_agg2exp.importance.global_importance import importance_graph as _graph
+
+    g = global_importance(table)
+    return GraphResult(table, g, _graph(g, part=part, keep_mass=keep_mass, groups=groups), part, keep_mass)
+
+
+def show_graph(viewer: napari.Viewer, tables=None, *, part: str = "abs", keep_mass: float = 0.35):
+    """Show the importance graph and the distribution plots in the "Cohort & graph" dock.
+
+    Args:
+        tables: None (the session's cohort / RoI tables), a local importance DataFrame, or paths of
+            local importance CSV files.
+        part, keep_mass: graph options (SPEC §5).
+
+    Returns:
+        The :class:`GraphResult` drawn.
+    """
+    import pandas as pd
+
+    if tables is not None:
+        if isinstance(tables, pd.DataFrame):
+            state = session(viewer)
+            state.cohort = tables
+            state.tables_changed.emit()
+        else:
+            load_tables(viewer, [tables] if isinstance(tables, (str, Path)) else list(tables))
+    widget = open_widget(viewer, "Cohort & graph")
+    return widget.draw(part=part, keep_mass=keep_mass)

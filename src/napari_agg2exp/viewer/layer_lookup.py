@@ -1,0 +1,133 @@
+"""Finding the plugin's layers in a viewer: scans, predictions, attribution maps, RoI names.
+
+Layers made by the plugin carry their provenance in ``layer.metadata[META]`` (``kind``:
+``prediction`` or ``attribution``, the ``image`` they belong to, ``target``, ``method``, ...);
+scans are the Image layers without it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.viewer.session import session
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = [
+    "META",
+    "all_attribution_layers",
+    "attribution_layers",
+    "feature_names",
+    "find_layer",
+    "get_image_layer",
+    "image_layers",
+    "layer_kind",
+    "prediction_layer",
+    "provenance",
+    "roi_label_ids",
+]
+
+#: Key of the provenance dict in ``layer.metadata``.
+META = "agg2exp"
+
+
+def provenance(layer) -> dict:
+    """The provenance dict of a layer made by the plugin (empty for other layers)."""
+    md = getattr(layer, "metadata", None) or {}
+    info = md.get(META)
+    return info if isinstance(info, dict) else {}
+
+
+def layer_kind(layer) -> str | None:
+    """``"prediction"`` or ``"attribution"`` for layers made by the plugin, else None."""
+    return provenance(layer).get("kind")
+
+
+def image_layers(viewer: napari.Viewer) -> list:
+    """3D scans: Image layers that are not attribution maps made by this plugin."""
+    from napari.layers import Image
+
+    return [ly for ly in viewer.layers if isinstance(ly, Image) and layer_kind(ly) is None and not ly.rgb]
+
+
+def get_image_layer(viewer: napari.Viewer, image=None):
+    """Resolve an image argument: a layer, a layer name, or None (the active scan, else the first).
+
+    Raises:
+        Agg2ExpError: no such layer, or no scan open.
+    """
+    from napari.layers import Image
+
+    if image is None:
+        active = viewer.layers.selection.active
+        if isinstance(active, Image) and layer_kind(active) is None:
+            return active
+        scans = image_layers(viewer)
+        if not scans:
+            raise Agg2ExpError("no image layer is open -- open a NIfTI scan (File > Open) or the sample data first")
+        return scans[0]
+    if isinstance(image, str):
+        if image not in viewer.layers:
+            raise Agg2ExpError(f"no layer named {image!r} -- open layers: {', '.join(ly.name for ly in viewer.layers)}")
+        image = viewer.layers[image]
+    if not isinstance(image, Image):
+        raise Agg2ExpError(f"layer {image.name!r} is a {type(image).__name__} layer -- an Image layer (the scan) is needed")
+    return image
+
+
+def find_layer(viewer, kind: str, image_name: str, **match):
+    """The first layer of ``kind`` made for the image ``image_name`` whose provenance has ``match``
+    (None if there is none)."""
+    for ly in viewer.layers:
+        md = provenance(ly)
+        if md.get("kind") == kind and md.get("image") == image_name and all(md.get(k) == v for k, v in match.items()):
+            return ly
+    return None
+
+
+def prediction_layer(viewer: napari.Viewer, image=None):
+    """The prediction Labels layer of an image (None if it has not been segmented)."""
+    img = get_image_layer(viewer, image)
+    return find_layer(viewer, "prediction", img.name)
+
+
+def all_attribution_layers(viewer, image_name: str) -> list:
+    """Every attribution layer of the image ``image_name`` (all targets and methods)."""
+    return [ly for ly in viewer.layers if layer_kind(ly) == "attribution" and provenance(ly).get("image") == image_name]
+
+
+def attribution_layers(viewer: napari.Viewer, image=None, method: str | None = None) -> dict[str, Any]:
+    """Target class -> attribution Image layer of an image, for one method (default: the method
+    the image was last explained with in this session, else the topmost map's)."""
+    img = get_image_layer(viewer, image)
+    maps = all_attribution_layers(viewer, img.name)
+    if not maps:
+        return {}
+    if method is None:
+        methods = {provenance(ly).get("method") for ly in maps}
+        last = session(viewer).methods.get(img.name)
+        method = last if last in methods else provenance(maps[-1]).get("method")
+    return {provenance(ly)["target"]: ly for ly in maps if provenance(ly).get("method") == method}
+
+
+def feature_names(layer) -> dict[int, str]:
+    """RoI names of a Labels layer from its features (``class_name`` or ``name``; by ``index``)."""
+    f = layer.features
+    col = next((c for c in ("class_name", "name", "roi", "label_name") if c in f.columns), None)
+    if col is None or len(f) == 0:
+        return {0: "background"}
+    ids = f["index"].tolist() if "index" in f.columns else list(range(len(f)))
+    names = {int(i): str(n) for i, n in zip(ids, f[col].tolist())}
+    return names
+
+
+def roi_label_ids(layer, roi: str) -> list[int]:
+    """Label ids of a RoI name in a Labels layer (``label_<id>`` for unnamed labels)."""
+    names = provenance(layer).get("class_names") if layer_kind(layer) == "prediction" else None
+    names = dict(enumerate(names)) if names else feature_names(layer)
+    ids = [i for i, n in names.items() if n == roi]
+    if not ids and roi.startswith("label_") and roi[6:].isdigit():
+        ids = [int(roi[6:])]
+    return ids

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.models.inference import SlidingWindow, forward_logits
@@ -54,8 +55,6 @@ class SlidingWindowTarget:
         sw_batch_size: int = 1,
         batch_classes: bool | None = None,
     ):
-        import torch
-
         self.network = network
         self.plan = plan
         self.classes = [int(c) for c in classes]
@@ -82,8 +81,6 @@ class SlidingWindowTarget:
 
     def window_weights(self, wt: _WindowTargets):
         """(K_w, *window) tensor ``1[M_c] · b / count`` for the classes present in one window."""
-        import torch
-
         p = self._pred[wt.slices]
         bc = self.plan.weight * self._inv_count[wt.slices]
         return torch.stack([(p == self.classes[k]).float() * bc for k in wt.class_rows])
@@ -104,8 +101,6 @@ class SlidingWindowTarget:
 
     def _window_scores(self, z, wt: _WindowTargets, weights=None):
         """(B, K) contribution of one window's logits z (B, C, *w) to the stitched scores."""
-        import torch
-
         out = torch.zeros((z.shape[0], self.num_targets), dtype=torch.float32, device=z.device)
         if wt.class_rows:
             w = self.window_weights(wt) if weights is None else weights
@@ -122,8 +117,6 @@ class SlidingWindowTarget:
         Returns:
             (B, K) tensor.
         """
-        import torch
-
         x = inputs.to(self.device)
         total = torch.zeros((x.shape[0], self.num_targets), dtype=torch.float32, device=self.device)
         active = [i for i, wt in enumerate(self.windows) if wt.class_rows]
@@ -160,8 +153,6 @@ class SlidingWindowTarget:
         Returns:
             (B, K) scores ``f_k(inputs_b)`` computed on the way.
         """
-        import torch
-
         x = inputs.to(self.device)
         B = x.shape[0]
         w_b = torch.ones(B, device=self.device) if weights is None else torch.as_tensor(weights, device=self.device).float()

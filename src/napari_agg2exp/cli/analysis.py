@@ -9,7 +9,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_agg2exp.cli.arguments import prepare_out_dir
+from napari_agg2exp.cli.progress import TerminalProgress
+from napari_agg2exp.data.labels import read_label_names
+from napari_agg2exp.data.volume import load_volume
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.importance.global_importance import prune_edges, read_groups
+from napari_agg2exp.importance.local import look_up_part
+from napari_agg2exp.importance.outliers import outlier_analysis
+from napari_agg2exp.importance.tables import read_quality_table, write_table
+from napari_agg2exp.report.cohort_outputs import write_global_analysis, write_outlier_analysis
+from napari_agg2exp.report.html import write_cohort_report
+from napari_agg2exp.workflows.case_folder import load_case
+from napari_agg2exp.workflows.case_importance import case_local_importance, read_local_importance
+from napari_agg2exp.workflows.reports import write_case_report
 
 __all__ = ["register"]
 
@@ -27,19 +40,10 @@ def _check_out_file(path: str, overwrite: bool) -> Path:
 
 
 def _parts(text: str) -> list[str]:
-    from napari_agg2exp.importance.local import look_up_part
-
     return [look_up_part(p) for p in text.split(",") if p.strip()]
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> int:
-    from napari_agg2exp.workflows.case_folder import load_case
-    from napari_agg2exp.workflows.case_importance import case_local_importance
-    from napari_agg2exp.importance.tables import write_table
-    from napari_agg2exp.cli.progress import TerminalProgress
-    from napari_agg2exp.data.labels import read_label_names
-    from napari_agg2exp.data.volume import load_volume
-
     out = _check_out_file(args.out, args.overwrite)
     parts = _parts(args.parts)
     if args.roi_names and not (args.rois or args.ground_truth):
@@ -72,13 +76,6 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def _cmd_global(args: argparse.Namespace) -> int:
-    from napari_agg2exp.importance.global_importance import prune_edges, read_groups
-    from napari_agg2exp.report.cohort_outputs import write_global_analysis
-    from napari_agg2exp.importance.local import look_up_part
-    from napari_agg2exp.workflows.case_importance import read_local_importance
-    from napari_agg2exp.cli.arguments import prepare_out_dir
-    from napari_agg2exp.cli.progress import TerminalProgress
-
     part = look_up_part(args.part)
     prune_edges({}, args.keep_mass)  # validates the threshold before anything is written
     groups = read_groups(args.groups) if args.groups else None
@@ -94,13 +91,6 @@ def _cmd_global(args: argparse.Namespace) -> int:
 
 
 def _cmd_outliers(args: argparse.Namespace) -> int:
-    from napari_agg2exp.importance.local import look_up_part
-    from napari_agg2exp.importance.outliers import outlier_analysis
-    from napari_agg2exp.report.cohort_outputs import write_outlier_analysis
-    from napari_agg2exp.importance.tables import read_quality_table
-    from napari_agg2exp.workflows.case_importance import read_local_importance
-    from napari_agg2exp.cli.arguments import prepare_out_dir
-
     part = look_up_part(args.part)
     train = read_local_importance(args.train)
     test = read_local_importance(args.test)
@@ -118,10 +108,6 @@ def _cmd_outliers(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from napari_agg2exp.report.html import write_cohort_report
-    from napari_agg2exp.workflows.reports import write_case_report
-    from napari_agg2exp.cli.progress import TerminalProgress
-
     if bool(args.case_dir) == bool(args.cohort):
         raise Agg2ExpError("give either a CASE_DIR or --cohort DIR (one of them)")
     if args.out and Path(args.out).is_dir():

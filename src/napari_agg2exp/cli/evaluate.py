@@ -12,7 +12,13 @@ import warnings
 from pathlib import Path
 
 from napari_agg2exp.attribution.methods import look_up_method
-from napari_agg2exp.cli.arguments import add_model_args, add_window_args, model_from_args, print_warnings, window_from_args
+from napari_agg2exp.cli.arguments import (
+    add_model_args,
+    add_window_args,
+    model_from_args,
+    print_warnings,
+    window_from_args,
+)
 from napari_agg2exp.cli.progress import TerminalProgress
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.evaluation.evaluate import check_settings, look_up_methods, look_up_metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 __all__ = ["confusion_counts", "dice_iou", "quality_table"]
 
@@ -33,7 +34,5 @@ def dice_iou(pred: np.ndarray, gt: np.ndarray, n_classes: int) -> tuple[np.ndarr
 
 def quality_table(pred: np.ndarray, gt: np.ndarray, class_names: Sequence[str], case: str = "case"):
     """Long table ``case,class,dice,iou`` (pandas DataFrame), one row per class."""
-    import pandas as pd
-
     dice, iou = dice_iou(pred, gt, len(class_names))
     return pd.DataFrame({"case": case, "class": list(class_names), "dice": dice, "iou": iou})

@@ -18,10 +18,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import nibabel.orientations as nio
 import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import ScaleIntensityRange, SpatialPad
 
-from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.data.volume import Volume
+from napari_agg2exp.errors import Agg2ExpError
 
 __all__ = ["PreprocessingSpec", "Preprocessed", "preprocess", "preprocess_labels", "to_input_grid", "resample_array"]
 
@@ -102,9 +106,6 @@ def resample_array(array: np.ndarray, shape: tuple[int, ...], mode: str = "trili
 
     ``array`` may have leading channel axes. ``mode`` is ``"trilinear"`` or ``"nearest"``.
     """
-    import torch
-    import torch.nn.functional as F
-
     if tuple(array.shape[-3:]) == tuple(shape):
         return array
     lead = array.shape[:-3]
@@ -119,8 +120,6 @@ def resample_array(array: np.ndarray, shape: tuple[int, ...], mode: str = "trili
 
 
 def _orient(volume: Volume, codes: str | None):
-    import nibabel.orientations as nio
-
     if codes is None:
         ornt = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
         return volume.array, volume.affine.copy(), ornt
@@ -142,8 +141,6 @@ def preprocess(volume: Volume, spec: PreprocessingSpec, window_size: tuple[int, 
     Returns:
         The model input and the mapping back to ``volume``'s grid.
     """
-    from monai.transforms import ScaleIntensityRange, SpatialPad
-
     if volume.array.ndim != 3:
         raise Agg2ExpError(f"expected a 3D volume, got shape {volume.array.shape}")
     arr, aff, ornt = _orient(volume, spec.orientation)
@@ -188,8 +185,6 @@ def preprocess(volume: Volume, spec: PreprocessingSpec, window_size: tuple[int, 
 
 def preprocess_labels(labels: Volume | np.ndarray, pre: Preprocessed) -> np.ndarray:
     """Map a label volume on the input grid onto the model grid of ``pre`` (nearest neighbour, padded with 0)."""
-    import nibabel.orientations as nio
-
     arr = labels.array if isinstance(labels, Volume) else np.asarray(labels)
     if tuple(arr.shape) != tuple(pre.input_shape):
         raise Agg2ExpError(f"label volume shape {arr.shape} differs from the image's {pre.input_shape} -- they must share a grid")
@@ -209,8 +204,6 @@ def to_input_grid(array: np.ndarray, pre: Preprocessed, mode: str = "trilinear")
     Returns:
         (..., X, Y, Z) on the input grid (``pre.input_shape``, ``pre.input_affine``).
     """
-    import nibabel.orientations as nio
-
     if tuple(array.shape[-3:]) != tuple(pre.array.shape):
         raise ValueError(f"array shape {array.shape} is not on the model grid {pre.array.shape}")
     lead = (slice(None),) * (array.ndim - 3)

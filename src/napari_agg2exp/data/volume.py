@@ -7,10 +7,10 @@ Writes are atomic (:func:`napari_agg2exp.files.atomic_write`), so a failure neve
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from napari_agg2exp.errors import Agg2ExpError
@@ -73,8 +73,6 @@ def load_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
     Raises:
         Agg2ExpError: the file is missing, not NIfTI, truncated/corrupt, or not 3D.
     """
-    import nibabel as nib
-
     p = Path(path)
     if not p.exists():
         raise Agg2ExpError(f"{what} file not found: {p} -- check the path")
@@ -106,8 +104,6 @@ def load_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
 def save_volume(volume: Volume | np.ndarray, path: str | os.PathLike, affine: np.ndarray | None = None,
                 dtype: np.dtype | str | None = None) -> Path:
     """Write a volume as NIfTI atomically (temporary file in the same folder, then rename)."""
-    import nibabel as nib
-
     if isinstance(volume, Volume):
         array, aff = volume.array, volume.affine if affine is None else affine
     else:

@@ -19,6 +19,17 @@ from napari_agg2exp.evaluation.compare import (
     mean_dice_table,
     shared_classes,
 )
+from napari_agg2exp.evaluation.evaluate import (
+    METRICS,
+    TABLE_COLUMNS,
+    MetricInfo,
+    Perturbations,
+    evaluate_case,
+    look_up_methods,
+    look_up_metric,
+    look_up_metrics,
+    make_perturbations,
+)
 from napari_agg2exp.evaluation.metrics import (
     PAPER_SUBSET_SIZE,
     average_sensitivity,
@@ -33,17 +44,6 @@ from napari_agg2exp.evaluation.metrics import (
     relative_change,
     score_drops,
     uniform_noise,
-)
-from napari_agg2exp.evaluation.evaluate import (
-    METRICS,
-    TABLE_COLUMNS,
-    MetricInfo,
-    Perturbations,
-    evaluate_case,
-    look_up_methods,
-    look_up_metric,
-    look_up_metrics,
-    make_perturbations,
 )
 from napari_agg2exp.evaluation.summary import summarise, summary_markdown
 

@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
+from scipy.stats import f_oneway
 
+from napari_agg2exp.data.dice import dice_iou
+from napari_agg2exp.data.labels import read_label_names
+from napari_agg2exp.data.volume import load_volume
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.models.prepared import segment
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress, check_cancel
 
 __all__ = [
@@ -42,8 +48,6 @@ def find_labelled_cases(data_dir: str | os.PathLike) -> tuple[list[Path], list[s
     Raises:
         Agg2ExpError: no such folder, no cases, a case without labels, or an unreadable labels.json.
     """
-    from napari_agg2exp.data.labels import read_label_names
-
     d = Path(data_dir)
     if not d.is_dir():
         raise Agg2ExpError(f"data folder not found: {d} -- give a folder of case_*/image.nii.gz + labels.nii.gz")
@@ -78,9 +82,6 @@ def case_dice(model, image, labels, classes: Sequence[str], data_names: Sequence
         classes: class names to score.
         data_names: names of the label ids of ``labels`` (default: the model's class names).
     """
-    from napari_agg2exp.models.prepared import segment
-    from napari_agg2exp.data.dice import dice_iou
-
     if labels.shape != image.shape:
         raise Agg2ExpError(f"labels shape {labels.shape} differs from the image's {image.shape} -- they must share a grid")
     res = segment(model, image, window_size=window_size, overlap=overlap, blend=blend, sw_batch_size=sw_batch_size,
@@ -110,10 +111,6 @@ def dice_table(models: dict[str, Any], cases: Sequence[str | os.PathLike], data_
         data_names: label names of the data (``labels.json``); default: the first model's names.
         classes: classes to score (default: :func:`shared_classes`).
     """
-    import pandas as pd
-
-    from napari_agg2exp.data.volume import load_volume
-
     if not models:
         raise Agg2ExpError("no models to compare")
     ms = list(models.values())
@@ -140,8 +137,6 @@ def dice_table(models: dict[str, Any], cases: Sequence[str | os.PathLike], data_
 
 
 def _with_overall(dice):
-    import pandas as pd
-
     overall = dice.groupby(["case", "model"], sort=False)["dice"].mean().reset_index()  # NaN-skipping mean
     overall["class"] = OVERALL
     return pd.concat([dice, overall[["case", "model", "class", "dice"]]], ignore_index=True)
@@ -158,9 +153,6 @@ def anova_table(dice, alpha: float = 0.05):
         DataFrame ``class,f,p,significant``; NaN where it is undefined (fewer than two models, one case
         per model, or identical values).
     """
-    import pandas as pd
-    from scipy.stats import f_oneway
-
     d = _with_overall(dice)
     rows = []
     for cls in dict.fromkeys(d["class"]):

@@ -14,28 +14,27 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-
 import pandas as pd
 
 from napari_agg2exp.attribution.explainer import Explainer
 from napari_agg2exp.attribution.methods import look_up_method
 from napari_agg2exp.data.volume import Volume
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.models.loading import SegmentationModel
-from napari_agg2exp.models.prepared import PreparedCase, frozen, prepare_case
-from napari_agg2exp.options import look_up_option
-from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress, check_cancel
 from napari_agg2exp.evaluation.metrics import (
     PAPER_SUBSET_SIZE,
     average_sensitivity,
     effective_complexity,
     faithfulness_correlation,
-    randomise_network,
     random_subsets,
+    randomise_network,
     rank_correlation,
     score_drops,
     uniform_noise,
 )
+from napari_agg2exp.models.loading import SegmentationModel
+from napari_agg2exp.models.prepared import PreparedCase, frozen, prepare_case
+from napari_agg2exp.options import look_up_option
+from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress, check_cancel
 
 __all__ = [
     "METRICS",

@@ -23,6 +23,8 @@ import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
+from scipy.stats import rankdata
 
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress, check_cancel, report
@@ -164,8 +166,6 @@ def score_drops(forward, inputs, subsets: np.ndarray, *, baseline: float = 0.0, 
     Returns:
         (n, K) float64 array.
     """
-    import torch
-
     x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, torch.Tensor) else inputs).float().to(forward.device)
     subs = torch.as_tensor(np.asarray(subsets), dtype=torch.long, device=x.device)
     n = subs.shape[0]
@@ -238,8 +238,6 @@ def average_sensitivity(maps, attribution_fn: Callable[..., Any], inputs, noise:
     Returns:
         (K,) mean relative L2 changes (0 = the explanation does not move).
     """
-    import torch
-
     x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, torch.Tensor) else inputs).float()
     noise = np.asarray(noise)
     if noise.ndim != 4 or tuple(noise.shape[1:]) != tuple(x.shape):
@@ -283,8 +281,6 @@ def randomise_network(network, seed: int = 0):
     Returns:
         The randomised copy.
     """
-    import torch
-
     try:
         net = copy.deepcopy(network)
     except Exception as e:  # pragma: no cover - exotic modules
@@ -314,8 +310,6 @@ def randomise_network(network, seed: int = 0):
 
 def rank_correlation(maps, maps_other) -> np.ndarray:
     """Spearman correlation of ``|a|`` between two sets of maps, per class (NaN where one is constant)."""
-    from scipy.stats import rankdata
-
     a = np.abs(_to_numpy(maps)).reshape(len(_to_numpy(maps)), -1)
     b = np.abs(_to_numpy(maps_other)).reshape(a.shape)
     out = np.full(len(a), np.nan)

@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 import pandas as pd
 
+from napari_agg2exp.data.labels import SEMANTIC_GROUPS, THORAX_LABELS
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.files import atomic_write
-from napari_agg2exp.data.labels import SEMANTIC_GROUPS, THORAX_LABELS
 from napari_agg2exp.importance.local import look_up_part
-from napari_agg2exp.importance.tables import GLOBAL_COLUMNS, LOCAL_COLUMNS, validate_columns, write_table
+from napari_agg2exp.importance.tables import GLOBAL_COLUMNS, LOCAL_COLUMNS, validate_columns
 
 __all__ = [
     "DEFAULT_EXCLUDE",
@@ -170,8 +170,6 @@ def importance_graph(
         ``networkx.DiGraph`` with node attributes ``kind``, ``group`` and edge attributes ``weight``
         (and ``n``); graph attributes ``part`` and ``keep_mass``.
     """
-    import networkx as nx
-
     validate_columns(global_df, ("target", "roi", "part", "mean"), "(data frame)", "global importance table")
     part = look_up_part(part)
     df = global_df[global_df["part"] == part]
@@ -203,6 +201,4 @@ def importance_graph(
 
 def write_graphml(graph, path: str | os.PathLike) -> Path:
     """Write a graph as GraphML atomically (temporary file, then rename)."""
-    import networkx as nx
-
     return atomic_write(path, lambda tmp: nx.write_graphml(graph, tmp))

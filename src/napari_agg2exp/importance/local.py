@@ -44,8 +44,8 @@ import pandas as pd
 
 from napari_agg2exp.data.labels import as_label_array
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 from napari_agg2exp.importance.tables import LOCAL_COLUMNS, PARTS
+from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 
 __all__ = [
     "PARTS",

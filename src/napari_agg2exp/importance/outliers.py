@@ -11,17 +11,17 @@ unusually are the ones it segments worse.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
+from sklearn.ensemble import IsolationForest
 
-from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.data.labels import THORAX_LABELS
+from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.importance.local import look_up_part
 from napari_agg2exp.importance.tables import (
     LOCAL_COLUMNS,
@@ -29,7 +29,6 @@ from napari_agg2exp.importance.tables import (
     SCORES_COLUMNS,
     SPEARMAN_COLUMNS,
     validate_columns,
-    write_table,
 )
 
 __all__ = [
@@ -96,8 +95,6 @@ def outlier_scores(train_df: pd.DataFrame, test_df: pd.DataFrame, *, part: str =
     Raises:
         Agg2ExpError: missing columns, no row for ``part``, or no target common to both cohorts.
     """
-    from sklearn.ensemble import IsolationForest
-
     part = look_up_part(part)
     for name, df in (("training", train_df), ("test", test_df)):
         validate_columns(df, LOCAL_COLUMNS, f"({name} cohort)", "local importance table")
@@ -149,8 +146,6 @@ def spearman_table(scores: pd.DataFrame, quality: pd.DataFrame, *, min_cases: in
     Raises:
         Agg2ExpError: missing columns, or scored cases absent from the quality table.
     """
-    from scipy.stats import spearmanr
-
     validate_columns(scores, SCORES_COLUMNS, "(data frame)", "outlier scores table")
     validate_columns(quality, QUALITY_COLUMNS, "(data frame)", "quality table")
     missing = sorted(set(scores["case"].astype(str)) - set(quality["case"].astype(str)))

@@ -20,7 +20,6 @@ Spearman correlations     ``target,rho,p,n``
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from monai.data.utils import compute_importance_map, dense_patch_slices
 
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.options import look_up_option
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
-from napari_agg2exp.data.volume import Volume
 
 __all__ = [
     "BLEND_MODES",
@@ -54,8 +55,6 @@ def check_window_options(window_size, overlap: float, blend: str) -> tuple[tuple
 
 def window_slices(shape, window_size, overlap: float) -> list[tuple[slice, slice, slice]]:
     """Window positions covering ``shape`` (MONAI's scan interval and ``dense_patch_slices``)."""
-    from monai.data.utils import dense_patch_slices
-
     shape = tuple(int(s) for s in shape)
     ws = tuple(min(w, s) for w, s in zip(window_size, shape))
     interval = tuple(max(1, int(w * (1 - overlap))) if w < s else w for w, s in zip(ws, shape))
@@ -83,9 +82,6 @@ class SlidingWindow:
 
     @classmethod
     def plan(cls, shape, window_size=(96, 96, 96), overlap: float = 0.25, blend: str = "constant", device="cpu"):
-        import torch
-        from monai.data.utils import compute_importance_map
-
         ws, overlap, blend = check_window_options(window_size, overlap, blend)
         shape = tuple(int(s) for s in shape)
         if any(s < w for s, w in zip(shape, ws)):
@@ -141,8 +137,6 @@ def sliding_window_logits(
     Returns:
         (C, X, Y, Z) float32 tensor on the inputs' device.
     """
-    import torch
-
     x = inputs if inputs.ndim == 4 else inputs[None]
     out = None
     with torch.no_grad():

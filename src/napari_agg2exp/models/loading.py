@@ -16,6 +16,7 @@ that needs pickle is refused unless the caller trusts it (``trust_checkpoint=Tru
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import warnings
@@ -23,9 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from napari_agg2exp.errors import Agg2ExpError
+import torch
+from monai.networks.nets import UNETR, BasicUNet, DynUNet, SwinUNETR, UNet
+from safetensors.torch import load_file
+from safetensors.torch import load_model as load_st_model
+from safetensors.torch import save_model as save_st_model
+
 from napari_agg2exp.data.labels import read_label_names
 from napari_agg2exp.data.preprocessing import PreprocessingSpec
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.files import atomic_write, atomic_write_text
 
 __all__ = [
     "ARCHITECTURES",
@@ -45,8 +53,6 @@ FORMAT = "agg2exp-model/1"
 
 def _swin(v2: bool):
     def build(in_channels: int, out_channels: int, window_size, **kw):
-        from monai.networks.nets import SwinUNETR
-
         kw.setdefault("feature_size", 24)
         return SwinUNETR(in_channels=in_channels, out_channels=out_channels, use_v2=v2, **kw)
 
@@ -54,15 +60,11 @@ def _swin(v2: bool):
 
 
 def _unetr(in_channels: int, out_channels: int, window_size, **kw):
-    from monai.networks.nets import UNETR
-
     kw.setdefault("img_size", tuple(window_size))
     return UNETR(in_channels=in_channels, out_channels=out_channels, **kw)
 
 
 def _unet(in_channels: int, out_channels: int, window_size, **kw):
-    from monai.networks.nets import UNet
-
     kw.setdefault("spatial_dims", 3)
     kw.setdefault("channels", (16, 32, 64, 128, 256))
     kw.setdefault("strides", (2, 2, 2, 2))
@@ -71,15 +73,11 @@ def _unet(in_channels: int, out_channels: int, window_size, **kw):
 
 
 def _basic_unet(in_channels: int, out_channels: int, window_size, **kw):
-    from monai.networks.nets import BasicUNet
-
     kw.setdefault("spatial_dims", 3)
     return BasicUNet(in_channels=in_channels, out_channels=out_channels, **kw)
 
 
 def _dynunet(in_channels: int, out_channels: int, window_size, **kw):
-    from monai.networks.nets import DynUNet
-
     kw.setdefault("spatial_dims", 3)
     kw.setdefault("kernel_size", [3, 3, 3, 3])
     kw.setdefault("strides", [1, 2, 2, 2])
@@ -99,8 +97,6 @@ ARCHITECTURES: dict[str, Callable[..., Any]] = {
 
 
 def _closest(name: str, options) -> str:
-    import difflib
-
     m = difflib.get_close_matches(name, list(options), n=1, cutoff=0.3)
     return f" -- did you mean {m[0]!r}?" if m else ""
 
@@ -172,8 +168,6 @@ def build_network(spec: ModelSpec):
 
 def available_devices() -> list[str]:
     """Devices that exist on this machine, best first (for device pickers)."""
-    import torch
-
     devs = []
     if torch.cuda.is_available():
         devs += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
@@ -185,8 +179,6 @@ def available_devices() -> list[str]:
 
 def resolve_device(device: str | None = "auto"):
     """``auto`` -> cuda > mps > cpu; a named device that does not exist falls back to CPU with a warning."""
-    import torch
-
     if device is None or str(device) == "auto":
         return torch.device(available_devices()[0])
     try:
@@ -249,11 +241,7 @@ def bundled_model_path() -> Path:
 
 
 def _load_state(path: Path, trust_checkpoint: bool):
-    import torch
-
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as e:
@@ -288,10 +276,6 @@ def save_model(network, spec: ModelSpec, out_dir: str | os.PathLike, extra_files
 
     Other files in ``out_dir`` are left alone (training keeps ``last/`` and its state there).
     """
-    from safetensors.torch import save_model as save_st_model
-
-    from napari_agg2exp.files import atomic_write, atomic_write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec.weights = "weights.safetensors"
@@ -324,8 +308,6 @@ def load_model(
     Raises:
         Agg2ExpError: not a model, unreadable weights, labels count != outputs, pickle refused.
     """
-    import torch
-
     dev = resolve_device(device)
     p = Path(model) if model is not None else bundled_model_path()
     if not p.exists():
@@ -354,8 +336,6 @@ def load_model(
                 raise Agg2ExpError(f"weights file {wpath} named in {spec_path.name} is missing")
             try:
                 if wpath.suffix == ".safetensors":
-                    from safetensors.torch import load_model as load_st_model
-
                     try:
                         load_st_model(net, str(wpath), strict=True, device="cpu")
                     except (OSError, ValueError) as e:  # not a safetensors file

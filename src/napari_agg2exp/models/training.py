@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
+from monai.losses import DiceCELoss
 
+from napari_agg2exp.data.dice import dice_iou
+from napari_agg2exp.data.labels import read_label_names
+from napari_agg2exp.data.preprocessing import PreprocessingSpec, preprocess, preprocess_labels
+from napari_agg2exp.data.volume import load_volume
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.files import atomic_write
+from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
+from napari_agg2exp.models.loading import ModelSpec, SegmentationModel, build_network, resolve_device, save_model
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 
 __all__ = ["TrainConfig", "find_cases", "load_training_cases", "train"]
@@ -57,9 +65,6 @@ def find_cases(data_dir: str | os.PathLike) -> list[Path]:
 
 def load_training_cases(cases: list[Path], preprocessing, window_size, progress=None, cancel=None):
     """Preprocess every case once: (image, labels) arrays on the model grid."""
-    from napari_agg2exp.data.preprocessing import preprocess, preprocess_labels
-    from napari_agg2exp.data.volume import load_volume
-
     out = []
     for i, c in enumerate(cases):
         check_cancel(cancel)
@@ -90,11 +95,6 @@ def _random_patches(data, idx, patch, batch, rng):
 
 
 def _validate(model, data, idx, plan_cache, n_classes):
-    import torch
-
-    from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
-    from napari_agg2exp.data.dice import dice_iou
-
     dices = []
     model.network.eval()
     for i in idx:
@@ -122,19 +122,6 @@ def train(
     Returns:
         A summary: best mean foreground Dice, per-class validation Dice, iterations, seconds.
     """
-    import torch
-    from monai.losses import DiceCELoss
-
-    from napari_agg2exp.data.labels import read_label_names
-    from napari_agg2exp.models.loading import (
-        ModelSpec,
-        SegmentationModel,
-        build_network,
-        resolve_device,
-        save_model,
-    )
-    from napari_agg2exp.data.preprocessing import PreprocessingSpec
-
     cfg = config or TrainConfig()
     out = Path(out_dir)
     state_path = out / "train_state.pt"

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import matplotlib as mpl
+import nibabel as nib
 import numpy as np
+from matplotlib.figure import Figure
 
-from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.data.volume import Volume
+from napari_agg2exp.errors import Agg2ExpError
 
 __all__ = ["best_slices", "case_figures", "class_figure", "display_limits", "plane_names"]
 
@@ -56,7 +59,6 @@ def plane_names(affine: np.ndarray | None) -> tuple[str, str, str]:
     """Anatomical plane shown by a slice across each array axis (from the affine's orientation)."""
     if affine is None:
         return ("axis 0", "axis 1", "axis 2")
-    import nibabel as nib
 
     try:
         codes = nib.orientations.aff2axcodes(np.asarray(affine, float))
@@ -107,9 +109,6 @@ def class_figure(
     Raises:
         Agg2ExpError: the three volumes do not share one 3D shape.
     """
-    import matplotlib as mpl
-    from matplotlib.figure import Figure
-
     affine = image.affine if isinstance(image, Volume) else None
     img = np.asarray(getattr(image, "array", image), dtype=np.float32)
     a = np.asarray(attribution, dtype=np.float32)

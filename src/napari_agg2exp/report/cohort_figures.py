@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyArrowPatch, Patch
 
 from napari_agg2exp.data.labels import GROUP_COLOURS, THORAX_LABELS
 from napari_agg2exp.files import atomic_write_bytes
@@ -53,8 +56,6 @@ def _ordered(names, groups: Mapping[str, str] | None = None, by_group: bool = Fa
 
 def figure_png(fig, dpi: int = 100) -> bytes:
     """Render a figure to PNG bytes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -76,8 +77,6 @@ def heatmap_figure(global_df: pd.DataFrame, part: str = "abs", *, exclude: Seque
         exclude: names left out of rows and columns.
         value: which statistic column to show.
     """
-    from matplotlib.figure import Figure
-
     df = global_df[(global_df["part"] == part) & ~global_df["target"].isin(exclude) & ~global_df["roi"].isin(exclude)]
     table = df.pivot_table(index="target", columns="roi", values=value, aggfunc="first")
     table = table.reindex(index=_ordered(table.index), columns=_ordered(table.columns))
@@ -110,10 +109,6 @@ def graph_figure(graph, *, groups: Mapping[str, str] | None = None, title: str |
     Edge width is proportional to the weight; node colour is the semantic group; squares are custom
     RoIs ("aggregated twice").
     """
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import FancyArrowPatch
-
     fig = Figure(figsize=(9, 9))
     ax = fig.add_subplot()
     ax.set_axis_off()
@@ -161,9 +156,6 @@ def graph_figure(graph, *, groups: Mapping[str, str] | None = None, title: str |
 def distribution_figure(local_df: pd.DataFrame, target: str, part: str = "abs", *,
                         groups: Mapping[str, str] | None = None, exclude: Sequence[str] = DEFAULT_EXCLUDE):
     """Box plots of the per-case ``mass(target <- R)`` for every RoI, coloured by semantic group."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
     df = local_df[(local_df["target"] == target) & (local_df["part"] == part) & ~local_df["roi"].isin(exclude)]
     rois = _ordered(df["roi"].unique(), groups, by_group=True)
     data = [pd.to_numeric(df.loc[df["roi"] == r, "mass"], errors="coerce").dropna().to_numpy() for r in rois]
@@ -195,8 +187,6 @@ def spearman_figure(spearman_df: pd.DataFrame, scores: pd.DataFrame | None = Non
 
     With ``scores`` and ``quality`` also a scatter of score vs Dice over all targets.
     """
-    from matplotlib.figure import Figure
-
     df = spearman_df.reset_index(drop=True)
     scatter = scores is not None and quality is not None
     fig = Figure(figsize=(max(6.0, 0.45 * len(df) + 2) + (5 if scatter else 0), 4.5))

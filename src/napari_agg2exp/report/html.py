@@ -30,11 +30,10 @@ import pandas as pd
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.files import atomic_write_text
 from napari_agg2exp.importance.global_importance import importance_graph
+from napari_agg2exp.importance.tables import GLOBAL_COLUMNS, read_local_table, read_table
 from napari_agg2exp.progress import check_cancel, report
 from napari_agg2exp.report.case_figures import case_figures
 from napari_agg2exp.report.cohort_figures import figure_png, graph_figure, heatmap_figure
-from napari_agg2exp.files import atomic_write_text
-from napari_agg2exp.importance.tables import GLOBAL_COLUMNS, read_local_table, read_quality_table, read_table
 
 __all__ = ["REPORT_NAME", "case_report_html", "top_rois", "write_cohort_report"]
 

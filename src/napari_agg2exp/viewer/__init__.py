@@ -72,7 +72,6 @@ from napari_agg2exp.viewer.jobs import (
     roi_importance_job,
     segment,
     segment_job,
-    warm_up,
 )
 from napari_agg2exp.viewer.layer_lookup import (
     attribution_layers,
@@ -125,6 +124,5 @@ __all__ = [
     "select_class",
     "session",
     "show_graph",
-    "warm_up",
     "write_features",
 ]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from napari_agg2exp.viewer.display import attribution_colormap, class_colours, hex_colour, labels_colormap
 from napari_agg2exp.viewer.layer_lookup import META, feature_names, find_layer, layer_kind, provenance
@@ -93,8 +94,6 @@ def add_attribution(viewer, image, method: str, target: str, data: np.ndarray, l
 def write_features(layer, table: pd.DataFrame, target: str) -> None:
     """Write one target's importance into a Labels layer's ``features`` (re-assigned, one row per
     label): columns ``importance_target``, ``mass_<part>`` and ``mean_<part>``."""
-    import pandas as pd
-
     if layer_kind(layer) == "prediction":
         names = dict(enumerate(provenance(layer)["class_names"]))
     else:

@@ -8,17 +8,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from napari_agg2exp.attribution.explainer import Explainer
 from napari_agg2exp.data.volume import load_volume
-from napari_agg2exp.workflows.case import run_case
-from napari_agg2exp.workflows.case_importance import read_local_importance
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.importance.global_importance import global_importance
+from napari_agg2exp.importance.global_importance import importance_graph as _graph
 from napari_agg2exp.progress import SubProgress, check_cancel
 from napari_agg2exp.viewer.docks import open_widget
 from napari_agg2exp.viewer.jobs import Job, model_for
 from napari_agg2exp.viewer.layer_lookup import get_image_layer, image_layers
 from napari_agg2exp.viewer.layers import layer_volume
 from napari_agg2exp.viewer.session import session
+from napari_agg2exp.workflows.case import run_case
+from napari_agg2exp.workflows.case_importance import read_local_importance
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -58,8 +62,6 @@ def cohort_job(viewer: napari.Viewer, images=None, method: str = "vg", model=Non
         sources = [layer_volume(ly) for ly in layers]
 
     def compute(progress, cancel):
-        import pandas as pd
-
         m, new = model_for(state, model)
         frames = []
         for i, src in enumerate(sources):
@@ -123,9 +125,6 @@ class GraphResult:
 def importance_graph(table: pd.DataFrame, part: str = "abs", keep_mass: float = 0.35,
                      groups: Mapping[str, str] | None = None) -> GraphResult:
     """Global importance (SPEC §5) and the class-to-RoI graph of a local importance table."""
-    from napari_agg2exp.importance.global_importance import global_importance
-    from napari_agg2exp.importance.global_importance import importance_graph as _graph
-
     g = global_importance(table)
     return GraphResult(table, g, _graph(g, part=part, keep_mass=keep_mass, groups=groups), part, keep_mass)
 
@@ -141,8 +140,6 @@ def show_graph(viewer: napari.Viewer, tables=None, *, part: str = "abs", keep_ma
     Returns:
         The :class:`GraphResult` drawn.
     """
-    import pandas as pd
-
     if tables is not None:
         if isinstance(tables, pd.DataFrame):
             state = session(viewer)

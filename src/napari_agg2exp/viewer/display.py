@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+from matplotlib import colormaps
 
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.report.case_figures import best_slices
 from napari_agg2exp.viewer.layer_lookup import (
     all_attribution_layers,
     attribution_layers,
@@ -46,8 +49,6 @@ ATTRIBUTION_COLORMAP = {
 
 def class_colours(n: int) -> list[tuple[float, float, float, float]]:
     """RGBA colours of ``n`` classes: transparent background, then the tab20 colours."""
-    from matplotlib import colormaps
-
     tab = colormaps["tab20"].colors
     return [(0.0, 0.0, 0.0, 0.0)] + [(*tab[(2 * (i - 1) + (i - 1) // 10) % 20], 1.0) for i in range(1, n)]
 
@@ -107,8 +108,6 @@ def go_to_roi(viewer: napari.Viewer, labels_layer, roi: str | int, ids: Sequence
     """Move the viewer to a RoI: per axis, the slice with the largest area of the RoI; the camera is
     centred on it. ``roi`` is a RoI name (or label id); ``ids`` overrides the label ids (joined
     RoIs). Returns the data index moved to, or None when the RoI is empty."""
-    from napari_agg2exp.report.case_figures import best_slices
-
     if ids is None:
         ids = [int(roi)] if isinstance(roi, (int, np.integer)) else roi_label_ids(labels_layer, str(roi))
     data = np.asarray(labels_layer.data)
@@ -136,8 +135,6 @@ def go_to_roi(viewer: napari.Viewer, labels_layer, roi: str | int, ids: Sequence
 
 def roi_table(table: pd.DataFrame, target: str, measure: str = "mass", part: str = "abs") -> pd.DataFrame:
     """Rows of one target and part, columns ``roi, mass, mean``, sorted by ``measure`` (largest first)."""
-    import pandas as pd
-
     if measure not in ("mass", "mean"):
         raise Agg2ExpError(f"measure must be 'mass' or 'mean', got {measure!r}")
     rows = table[(table["target"] == target) & (table["part"] == part)][["roi", "mass", "mean"]]

@@ -17,16 +17,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+# torch imports sympy on the first autograd call (~0.5-1 s, holding the GIL): import it with this module,
+# before any worker thread runs, so the first explanation does not stall the GUI mid-run
+import torch.fx.experimental.symbolic_shapes  # noqa: F401
 
 from napari_agg2exp.attribution.explainer import Explainer
 from napari_agg2exp.attribution.methods import look_up_method
+from napari_agg2exp.data.geometry import resample_labels
 from napari_agg2exp.data.volume import Volume
+from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.evaluation.evaluate import METRICS, look_up_methods, look_up_metrics
 from napari_agg2exp.evaluation.metrics import PAPER_SUBSET_SIZE
-from napari_agg2exp.report.case_figures import display_limits
-from napari_agg2exp.workflows.case import run_case
-from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.importance.local import local_importance
+from napari_agg2exp.models import loading as models
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress, check_cancel, report
+from napari_agg2exp.report.case_figures import display_limits
 from napari_agg2exp.viewer.add_layers import add_attribution, add_prediction, write_features
 from napari_agg2exp.viewer.layer_lookup import (
     all_attribution_layers,
@@ -39,6 +44,7 @@ from napari_agg2exp.viewer.layer_lookup import (
 )
 from napari_agg2exp.viewer.layers import layer_affine, layer_volume
 from napari_agg2exp.viewer.session import Session, session
+from napari_agg2exp.workflows.case import run_case
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -59,7 +65,6 @@ __all__ = [
     "roi_importance_job",
     "segment",
     "segment_job",
-    "warm_up",
 ]
 
 
@@ -103,20 +108,16 @@ def finish(value: Any) -> Any:
 def load_model_job(viewer: napari.Viewer, model=None, *, label_names=None, device: str = "auto",
                    trust_checkpoint: bool = False) -> Job:
     """Job loading a model into the viewer's session (``model=None``: the bundled default)."""
-    from napari_agg2exp.models import loading as models
-
     state = session(viewer)
 
     def compute(progress, cancel):
         report(progress, 0, 1, "loading model")
         if model is not None and not isinstance(model, (str, Path)):
-            warm_up()
             return model  # already loaded
         if model is None and not models.bundled_model_path().exists():
             raise Agg2ExpError("the bundled default model is not installed -- choose a model folder, or a "
                                "TorchScript file with its label names")
         m = models.load_model(model, label_names=label_names, device=device, trust_checkpoint=trust_checkpoint)
-        warm_up()
         report(progress, 1, 1, "model loaded")
         return m
 
@@ -137,9 +138,7 @@ def model_for(state: Session, model):
     """(model to use, whether to store it in the session: when it has none) -- called in the worker."""
     if model is not None:
         if isinstance(model, (str, Path)):
-            from napari_agg2exp.models.loading import load_model as _load
-
-            model = _load(model)
+            model = models.load_model(model)
         return model, state.model is None
     if state.model is not None:
         return state.model, False
@@ -147,24 +146,10 @@ def model_for(state: Session, model):
 
 
 def _load_default():
-    from napari_agg2exp.models import loading as models
-
     if not models.bundled_model_path().exists():
         raise Agg2ExpError("no model is loaded and the bundled default model is not installed -- load a model "
                            "in the Model widget (or agg.load_model(viewer, PATH)) first")
-    m = models.load_model(None)
-    warm_up()
-    return m
-
-
-def warm_up() -> None:
-    """Import what torch imports lazily on the first ``torch.autograd.grad`` call (sympy, ~0.5-1 s).
-
-    Done while a model loads, so that the first explanation does not pay for it; an import in a
-    worker thread holds the GIL for long stretches (over 100 ms at a time), which would stall the GUI
-    in the middle of a run.
-    """
-    import torch.fx.experimental.symbolic_shapes  # noqa: F401
+    return models.load_model(None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,8 +301,6 @@ def _roi_source(viewer, img, rois):
 
 def _on_image_grid(labels: Volume, img_shape, img_affine) -> np.ndarray:
     """Labels resampled (nearest) onto the image grid; a volume of the image's shape is used as is."""
-    from napari_agg2exp.data.geometry import resample_labels
-
     return resample_labels(labels, Volume(np.empty(img_shape, np.uint8), img_affine))
 
 
@@ -338,8 +321,6 @@ def roi_importance_job(viewer: napari.Viewer, image=None, rois=None, *, target: 
     ``apply`` returns the long table ``case,target,roi,part,mass,mean`` (case = image name), stores
     it in the session and writes the selected target's rows into the RoI layer's ``features``.
     """
-    from napari_agg2exp.importance.local import local_importance
-
     state = session(viewer)
     img = get_image_layer(viewer, image)
     maps_layers = attribution_layers(viewer, img)

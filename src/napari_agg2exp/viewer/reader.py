@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_agg2exp.data.volume import load_volume
+from napari_agg2exp.viewer.layers import volume_layer_kwargs
+
 __all__ = ["napari_get_reader", "read_nifti"]
 
 _LABEL_NAME = re.compile(r"(label|seg|mask|pred|prediction|pathology|roi)", re.IGNORECASE)
@@ -37,9 +40,6 @@ def _looks_like_labels(name: str, data: np.ndarray) -> bool:
 
 def read_nifti(path):
     """Read one or more NIfTI files into napari LayerData tuples."""
-    from napari_agg2exp.viewer.layers import volume_layer_kwargs
-    from napari_agg2exp.data.volume import load_volume
-
     paths = path if isinstance(path, list) else [path]
     layers = []
     for p in paths:

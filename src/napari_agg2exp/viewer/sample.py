@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from napari_agg2exp.data.labels import PATHOLOGY_LABELS, THORAX_LABELS
+from napari_agg2exp.data.phantom.cases import make_phantom
+from napari_agg2exp.viewer.layers import labels_features, volume_layer_kwargs
+
 __all__ = ["make_phantom_sample"]
 
 
 def make_phantom_sample(seed: int = 90210):
-    from napari_agg2exp.viewer.layers import labels_features, volume_layer_kwargs
-    from napari_agg2exp.data.labels import PATHOLOGY_LABELS, THORAX_LABELS
-    from napari_agg2exp.data.phantom.cases import make_phantom
-
     case = make_phantom(seed)
     image, labels, pathology = case.volumes()
     return [

@@ -10,6 +10,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from psygnal import Signal
 
 from napari_agg2exp.data.volume import Volume
@@ -83,8 +84,6 @@ class Session:
 
     def session_table(self) -> pd.DataFrame | None:
         """All prediction-RoI tables of this session, one case per image (None if there is none)."""
-        import pandas as pd
-
         frames = [t for (_, src), t in self.tables.items() if src == "prediction"]
         return pd.concat(frames, ignore_index=True) if frames else None
 

@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_agg2exp.data.volume import save_volume
+from napari_agg2exp.viewer.layers import affine_from_layer_meta
+
 __all__ = ["write_image", "write_labels"]
 
 
@@ -18,17 +21,11 @@ def _target(path: str) -> Path:
 
 
 def write_image(path: str, data: Any, meta: dict) -> list[str]:
-    from napari_agg2exp.viewer.layers import affine_from_layer_meta
-    from napari_agg2exp.data.volume import save_volume
-
     arr = np.asarray(data, dtype=np.float32)
     return [str(save_volume(arr, _target(path), affine_from_layer_meta(meta)))]
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
-    from napari_agg2exp.viewer.layers import affine_from_layer_meta
-    from napari_agg2exp.data.volume import save_volume
-
     arr = np.asarray(data)
     dtype = np.uint8 if arr.size and arr.max() < 256 and arr.min() >= 0 else np.int32
     return [str(save_volume(arr.astype(dtype), _target(path), affine_from_layer_meta(meta)))]

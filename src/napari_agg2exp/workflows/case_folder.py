@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from napari_agg2exp.data.geometry import resample_labels
 from napari_agg2exp.data.labels import as_label_array, label_names_json, read_label_names
 from napari_agg2exp.data.volume import Volume, load_volume, save_volume
 from napari_agg2exp.errors import Agg2ExpError
@@ -117,8 +118,6 @@ class CaseData:
 
     def load_ground_truth(self) -> Volume:
         """The ground-truth label volume named in the case folder, on the prediction grid."""
-        from napari_agg2exp.data.geometry import resample_labels
-
         p = self.ground_truth_path
         if p is None:
             raise Agg2ExpError(f"case {self.case_dir} names no ground truth -- pass the label file with "

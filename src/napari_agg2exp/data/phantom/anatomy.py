@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from napari_agg2exp.data.phantom.grid import _u
 from napari_agg2exp.data.phantom.lungs import _LungsMixin
@@ -45,8 +46,6 @@ class _Builder(_SoftTissueMixin, _SkeletonMixin, _MediastinumMixin, _LungsMixin,
         path = self.pathologies(pathology)
         img = self.img
         if smooth > 0:
-            from scipy.ndimage import gaussian_filter
-
             img = gaussian_filter(img, smooth, mode="nearest")
         img = img * np.float32(contrast) + np.float32(offset) + np.float32(sigma) * noise
         img = np.round(np.clip(img, -1024.0, 3071.0)).astype(np.float32)

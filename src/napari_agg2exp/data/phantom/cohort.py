@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,8 +15,8 @@ from napari_agg2exp.data.labels import PATHOLOGY_LABELS, THORAX_LABELS, label_na
 from napari_agg2exp.data.phantom.cases import case_seed, make_phantom
 from napari_agg2exp.data.phantom.grid import DEFAULT_SHAPE, DEFAULT_SPACING, _normalise_grid
 from napari_agg2exp.data.volume import save_volume
-from napari_agg2exp.files import atomic_write_text, make_staging_dir
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.files import atomic_write_text, make_staging_dir
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 
 __all__ = ["write_phantom_cohort"]

@@ -18,6 +18,8 @@ Widget classes are imported from their modules (``napari.yaml`` names them), so 
 package does not import Qt.
 """
 
+import importlib
+
 __all__ = [
     "CohortGraphWidget",
     "EvaluateWidget",
@@ -39,7 +41,5 @@ _MODULES = {
 
 def __getattr__(name):
     if name in _MODULES:
-        import importlib
-
         return getattr(importlib.import_module(_MODULES[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from napari_agg2exp.attribution.explainer import METHODS
+from napari_agg2exp.report.cohort_figures import distribution_figure, graph_figure
 from napari_agg2exp.viewer.cohort_graph import (
     GraphResult,
     cohort_job,
@@ -78,7 +80,6 @@ class CohortGraphWidget(PluginWidget):
         form = QFormLayout()
         lay.addLayout(form)
         self._method = QComboBox()
-        from napari_agg2exp.attribution.explainer import METHODS
 
         for key, info in METHODS.items():
             self._method.addItem(info.title, key)
@@ -150,8 +151,6 @@ class CohortGraphWidget(PluginWidget):
     # ---- drawing
     def draw(self, part: str | None = None, keep_mass: float | None = None):
         """Draw the graph and the distribution of the current table; returns the GraphResult (None on error)."""
-        from napari_agg2exp.report.cohort_figures import graph_figure
-
         if part is not None:
             self._part.setCurrentText(part)
         if keep_mass is not None:
@@ -193,8 +192,6 @@ class CohortGraphWidget(PluginWidget):
         return res
 
     def _draw_distribution(self) -> None:
-        from napari_agg2exp.report.cohort_figures import distribution_figure
-
         if self.result is None or not self._target.currentText():
             return
         fig = distribution_figure(self.result.local, self._target.currentText(), self._part.currentText())

@@ -23,6 +23,9 @@ from qtpy.QtWidgets import (
     QTableWidgetItem,
 )
 
+from napari_agg2exp.attribution.explainer import METHODS
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.evaluation.evaluate import METRICS
 from napari_agg2exp.viewer.display import metric_table
 from napari_agg2exp.viewer.jobs import evaluate_job
 from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, run_row
@@ -66,9 +69,6 @@ class EvaluateWidget(PluginWidget):
     """Faithfulness, sensitivity, complexity and randomisation of the chosen methods on one scan."""
 
     def __init__(self, napari_viewer: napari.Viewer):
-        from napari_agg2exp.attribution.explainer import METHODS
-        from napari_agg2exp.evaluation.evaluate import METRICS
-
         super().__init__(napari_viewer)
         napari_viewer = self.viewer
         self.table = None
@@ -146,8 +146,6 @@ class EvaluateWidget(PluginWidget):
         settings = {"n_subsets": self._subsets.value(), "n_noise": self._noise.value(), "seed": self._seed.value()}
 
         def make():
-            from napari_agg2exp.errors import Agg2ExpError
-
             if not methods or not metrics:
                 raise Agg2ExpError("check at least one method and one metric")
             return evaluate_job(self.viewer, image, methods, metrics, targets, **settings)

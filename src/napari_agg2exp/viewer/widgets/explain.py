@@ -21,6 +21,8 @@ from qtpy.QtWidgets import (
     QPushButton,
 )
 
+from napari_agg2exp.attribution.explainer import METHODS
+from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.viewer.display import select_class
 from napari_agg2exp.viewer.jobs import explain_job, explain_parameters
 from napari_agg2exp.viewer.layer_lookup import find_layer
@@ -53,8 +55,6 @@ class ExplainWidget(PluginWidget):
 
     def __init__(self, napari_viewer: napari.Viewer):
         from magicgui.widgets import Container
-
-        from napari_agg2exp.attribution.explainer import METHODS
 
         super().__init__(napari_viewer)
         napari_viewer = self.viewer
@@ -108,8 +108,6 @@ class ExplainWidget(PluginWidget):
         self._method.setCurrentIndex(self._method.findData(key))
 
     def _method_changed(self, *_) -> None:
-        from napari_agg2exp.attribution.explainer import METHODS
-
         info = METHODS[self.method]
         self._doc.setText(f'<a href="{info.doc_url}">{info.title}: reference</a>')
         self._params.clear()
@@ -170,8 +168,6 @@ class ExplainWidget(PluginWidget):
         if not items or len(checked) == len(items):
             return None
         if not checked:
-            from napari_agg2exp.errors import Agg2ExpError
-
             raise Agg2ExpError("no class is checked -- check the classes to explain")
         return checked
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.colors import to_rgb
+from matplotlib.text import Text
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,9 +31,6 @@ def theme_colours(viewer: napari.Viewer) -> dict[str, str]:
 
 def style_figure(fig, colours: dict[str, str]) -> None:
     """Re-colour a matplotlib figure for the napari theme (background, text, axes, legends)."""
-    from matplotlib.colors import to_rgb
-    from matplotlib.text import Text
-
     bg, fg = colours["background"], colours["text"]
     fig.patch.set_facecolor(bg)
     for ax in fig.axes:
@@ -65,8 +65,6 @@ class FigureView(QWidget):
     def show_figure(self, fig, on_pick: Callable | None = None, on_click: Callable | None = None,
                     layout: str | None = "tight") -> None:
         """Show ``fig``; ``layout`` (a matplotlib layout engine) re-fits it whenever the dock is resized."""
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-
         if layout:
             fig.set_layout_engine(layout)
         style_figure(fig, theme_colours(self.viewer))

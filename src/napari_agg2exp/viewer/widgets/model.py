@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QLabel
 
+from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.models.loading import available_devices
 from napari_agg2exp.viewer.jobs import load_model_job
 from napari_agg2exp.viewer.widgets.base import PluginWidget, run_row
 from napari_agg2exp.viewer.widgets.runner import Runner
@@ -34,8 +36,6 @@ class ModelWidget(PluginWidget):
 
     def __init__(self, napari_viewer: napari.Viewer):
         from magicgui.widgets import FileEdit
-
-        from napari_agg2exp.models.loading import available_devices
 
         super().__init__(napari_viewer)
         napari_viewer = self.viewer
@@ -100,8 +100,6 @@ class ModelWidget(PluginWidget):
 
 
 def _path(value, what: str) -> str:
-    from napari_agg2exp.errors import Agg2ExpError
-
     text = str(value or "").strip()
     if text in ("", "."):
         raise Agg2ExpError(f"choose a {what} first")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib.figure import Figure
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -52,8 +53,6 @@ def _is_roi_layer(layer) -> bool:
 def bar_figure(rows, measure: str, part: str, target: str, highlight: str | None = None):
     """Horizontal bar chart of one target's RoI importance (rows from
     :func:`~napari_agg2exp.viewer.display.roi_table`)."""
-    from matplotlib.figure import Figure
-
     names = list(rows["roi"])
     values = np.nan_to_num(np.asarray(rows[measure], dtype=float))
     fig = Figure(figsize=(4.0, max(2.2, 0.22 * len(names) + 1.0)))

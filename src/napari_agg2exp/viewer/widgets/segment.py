@@ -9,8 +9,8 @@ from qtpy.QtWidgets import QDoubleSpinBox, QLabel
 from napari_agg2exp.viewer.jobs import segment_job
 from napari_agg2exp.viewer.layer_lookup import layer_kind
 from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, run_row
-from napari_agg2exp.viewer.widgets.runner import Runner
 from napari_agg2exp.viewer.widgets.model import describe_model
+from napari_agg2exp.viewer.widgets.runner import Runner
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari

@@ -112,7 +112,7 @@ def bench_shap(model, x, plan, labels, classes, n_samples):
     net, dev = model.network, model.device
     t0 = time.perf_counter()
     fwd = SlidingWindowTarget(net, plan, labels, classes)
-    KernelShap(fwd).attribute(x, labels.cpu().numpy(), n_samples=n_samples, perturbations_per_eval=4)
+    KernelShap(fwd).attribute(x, feature_mask=labels.cpu().numpy(), n_samples=n_samples, perturbations_per_eval=4)
     _sync(dev)
     t_ours = time.perf_counter() - t0
     fm = labels[None, None].long()

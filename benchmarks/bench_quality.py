@@ -15,17 +15,14 @@ import argparse
 import sys
 import time
 
-import torch
 
 
 def main(argv=None) -> int:
-    from napari_agg2exp.attribution import SlidingWindowTarget
-    from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
-    from napari_agg2exp.evaluation.attribution_function import AttributionFunction
+    from napari_agg2exp.attribution import Explainer, SlidingWindowTarget
+    from napari_agg2exp.data.phantom.cases import make_phantom
     from napari_agg2exp.evaluation.metrics import random_subsets, score_drops
     from napari_agg2exp.models.loading import load_model
-    from napari_agg2exp.data.phantom.cases import make_phantom
-    from napari_agg2exp.data.preprocessing import preprocess
+    from napari_agg2exp.models.prepared import prepare_case
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
@@ -39,11 +36,8 @@ def main(argv=None) -> int:
     model = load_model(args.model, device=args.device)
     for p in model.network.parameters():
         p.requires_grad_(False)
-    image = make_phantom(4242).volumes()[0]
-    pre = preprocess(image, model.preprocessing, model.window_size)
-    x = torch.from_numpy(pre.array).to(model.device)
-    plan = SlidingWindow.plan(pre.array.shape, model.window_size, 0.25, "constant", device=model.device)
-    labels = sliding_window_logits(model.network, x[None], plan).argmax(0)
+    prepared = prepare_case(model, make_phantom(4242).volumes()[0], sw_batch_size=4)
+    x, plan, labels = prepared.inputs, prepared.plan, prepared.labels
     ids = [model.class_index(c) for c in args.classes.split(",")]
     subsets = random_subsets(x.shape, args.subsets)
     methods = ["vg", "ig", "sg", "kernelshap-cubes", "kernelshap-semantic"]
@@ -63,16 +57,16 @@ def main(argv=None) -> int:
     print(f"| ours: all classes, shared by {len(methods)} methods | {ours:.1f} |")
     print(f"| per class and method (one class timed: {per_class:.1f}s) | {per_class * len(ids) * len(methods):.1f} |")
 
-    params = {"ig": {"n_steps": args.steps}, "sg": {"n_samples": args.steps},
+    params = {"ig": {"n_steps": args.steps}, "sg": {"nt_samples": args.steps},
               "kernelshap-cubes": {"n_samples": args.shap_samples}, "kernelshap-semantic": {"n_samples": args.shap_samples}}
     print("\n| method | clean maps (s) | one noisy recomputation (s) |")
     print("|---|---|---|")
     for m in methods:
-        fn = AttributionFunction.create(m, model.network, plan, labels, ids, x, sw_batch_size=4, **params.get(m, {}))
+        explainer = Explainer(m, **params.get(m, {}))
         t0 = time.perf_counter()
-        fn(x)
+        explainer.attribute(prepared, ids)
         t1 = time.perf_counter()
-        fn(x + 0.05)
+        explainer.attribute(prepared, ids, inputs=x + 0.05)
         t2 = time.perf_counter()
         print(f"| {m} | {t1 - t0:.1f} | {t2 - t1:.1f} |")
     return 0

@@ -167,3 +167,13 @@ def test_core_imports_no_gui_in_a_fresh_interpreter(package):
             "print(','.join(gui))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"importing {package} loaded {out.stdout.strip()}"
+
+
+def test_public_api_is_lazy_and_complete():
+    code = (f"import sys, {PKG}\n"
+            "print(any(m.split('.')[0] == 'torch' for m in sys.modules))\n"
+            f"missing = [n for n in {PKG}.__all__ if getattr({PKG}, n, None) is None]\n"
+            "print(missing)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "False", "importing the package must not import torch"
+    assert out[1] == "[]", out[1]

@@ -54,6 +54,7 @@ __all__ = [
     "naive_local_importance",
     "outlier_analysis",
     "outlier_scores",
+    "spearman_table",
     "parse_joins",
     "prune_edges",
     "read_groups",

@@ -131,8 +131,9 @@ def run_case(
         for t in [t.strip() for t in targets.split(",")] if isinstance(targets, str) else targets:
             model.class_index(t)  # unknown class names fail before any work
     n_eval = len(evaluate.get("methods", ())) if evaluate else 0
-    weights = {"segment": 10, "explain": 80 if explainer is not None else 0, "local": 5 if explainer else 0,
-               "evaluate": 40 * n_eval, "write": 5}
+    # in the order the steps run, so the progress never goes back
+    weights = {"segment": 10, "explain": 80 if explainer is not None else 0, "write": 5 if explainer else 0,
+               "local": 5 if explainer else 0, "evaluate": 40 * n_eval}
     total = sum(weights.values())
     starts, acc = {}, 0
     for k, w in weights.items():

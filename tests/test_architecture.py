@@ -177,3 +177,32 @@ def test_public_api_is_lazy_and_complete():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "False", "importing the package must not import torch"
     assert out[1] == "[]", out[1]
+
+
+def _public_functions():
+    """(module, qualified name, node) of every public function and method of a public class."""
+    for m, p in MODULES.items():
+        if any(part.startswith("_") for part in m.split(".")[1:]):
+            continue
+        tree = ast.parse(p.read_text())
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+                yield m, node.name, node
+            elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                            not item.name.startswith("_") or item.name == "__init__"):
+                        yield m, f"{node.name}.{item.name}", item
+
+
+def test_public_signatures_have_type_hints():
+    missing = []
+    for m, name, fn in _public_functions():
+        args = fn.args
+        params = [a for a in args.posonlyargs + args.args + args.kwonlyargs if a.arg not in ("self", "cls")]
+        params += [a for a in (args.vararg, args.kwarg) if a is not None]
+        bare = [a.arg for a in params if a.annotation is None]
+        no_return = fn.returns is None and not name.endswith("__init__")
+        if bare or no_return:
+            missing.append(f"{m}.{name}: " + ", ".join(bare + (["return"] if no_return else [])))
+    assert not missing, f"{len(missing)} public signatures without full type hints:\n" + "\n".join(missing)

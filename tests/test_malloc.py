@@ -53,3 +53,14 @@ def test_dask_workers_get_the_settings():
     with local_cluster(1, 1) as cluster, Client(cluster) as client:
         seen = next(iter(client.run(lambda: {k: os.environ.get(k) for k in MALLOC_ENV}).values()))
     assert seen == MALLOC_ENV
+
+
+def test_loading_a_model_leaves_the_allocator_alone():
+    """Only the CLI process and Dask workers tune malloc; a library user (napari) keeps glibc's defaults."""
+    code = ("import napari_agg2exp.malloc_tuning as m\n"
+            "from napari_agg2exp import viewer\n"
+            "from napari_agg2exp.models import load_model\n"
+            "load_model(device='cpu')\n"
+            "print(m._done)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"

@@ -35,7 +35,6 @@ Conventions:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +44,7 @@ import pandas as pd
 from napari_agg2exp.data.labels import as_label_array
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.importance.tables import LOCAL_COLUMNS, PARTS
+from napari_agg2exp.options import did_you_mean, look_up_option
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 
 __all__ = [
@@ -78,17 +78,9 @@ _CHUNK = 1 << 16
 _MIN_MEAN_RUN = 8
 
 
-def _suggest(value: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(value, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def look_up_part(part: str) -> str:
     """Validate one processing name (``abs``, ``pos`` or ``neg``), suggesting the closest on a typo."""
-    p = str(part).strip().lower()
-    if p not in PARTS:
-        raise Agg2ExpError(f"unknown part {part!r}{_suggest(p, PARTS)} -- choose from {', '.join(PARTS)}")
-    return p
+    return look_up_option(str(part).strip().lower(), PARTS, what="part")
 
 
 def roi_name_map(roi_names: Sequence[str] | Mapping[int, str], present: Iterable[int] = ()) -> dict[int, str]:
@@ -158,7 +150,7 @@ def parse_joins(specs: Iterable[str] | Mapping[str, Sequence[str]],
                 raise Agg2ExpError(f"join name {name!r} is already a RoI name -- choose another name")
             for m in members:
                 if m not in known:
-                    raise Agg2ExpError(f"join {name!r}: unknown RoI {m!r}{_suggest(m, known)} -- known RoIs: "
+                    raise Agg2ExpError(f"join {name!r}: unknown RoI {m!r}{did_you_mean(m, known, cutoff=0.6)} -- known RoIs: "
                                        f"{', '.join(known)}")
         joins[name] = tuple(members)
     return joins

@@ -16,7 +16,6 @@ that needs pickle is refused unless the caller trusts it (``trust_checkpoint=Tru
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import warnings
@@ -34,6 +33,7 @@ from napari_agg2exp.data.labels import read_label_names
 from napari_agg2exp.data.preprocessing import PreprocessingSpec
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.files import atomic_write, atomic_write_text
+from napari_agg2exp.options import did_you_mean
 
 __all__ = [
     "ARCHITECTURES",
@@ -96,11 +96,6 @@ ARCHITECTURES: dict[str, Callable[..., Any]] = {
 }
 
 
-def _closest(name: str, options) -> str:
-    m = difflib.get_close_matches(name, list(options), n=1, cutoff=0.3)
-    return f" -- did you mean {m[0]!r}?" if m else ""
-
-
 @dataclass
 class ModelSpec:
     """What is needed to rebuild a network and use it (stored as ``model.json``)."""
@@ -132,7 +127,7 @@ class ModelSpec:
         arch = d["architecture"]
         if arch not in ARCHITECTURES:
             raise Agg2ExpError(
-                f"{source}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}{_closest(arch, ARCHITECTURES)}"
+                f"{source}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}{did_you_mean(arch, ARCHITECTURES)}"
             )
         ws = d.get("window_size", (96, 96, 96))
         ws = (int(ws),) * 3 if isinstance(ws, (int, float)) else tuple(int(v) for v in ws)
@@ -230,7 +225,7 @@ class SegmentationModel:
             return i
         if name_or_id not in self.class_names:
             raise Agg2ExpError(
-                f"unknown class {name_or_id!r}{_closest(name_or_id, self.class_names)} "
+                f"unknown class {name_or_id!r}{did_you_mean(name_or_id, self.class_names)} "
                 f"(classes: {', '.join(self.class_names)})"
             )
         return self.class_names.index(name_or_id)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 # torch imports sympy on the first autograd call (~0.5-1 s, holding the GIL): import it with this module,
 # before any worker thread runs, so the first explanation does not stall the GUI mid-run
 import torch.fx.experimental.symbolic_shapes  # noqa: F401

@@ -69,6 +69,8 @@ class CohortGraphWidget(PluginWidget):
         lay = QVBoxLayout(self)
         buttons = QGridLayout()
         self._load = QPushButton("Load tables…")
+        self._results = QPushButton("Load results folder…")
+        self._results.setToolTip("a case folder (agg2exp explain, demo) or a cohort folder (agg2exp cohort)")
         self._session = QPushButton("Use this session's tables")
         self._open = QPushButton("Run cohort: open scans")
         self._folder = QPushButton("Run cohort: folder…")
@@ -76,6 +78,7 @@ class CohortGraphWidget(PluginWidget):
         buttons.addWidget(self._session, 0, 1)
         buttons.addWidget(self._open, 1, 0)
         buttons.addWidget(self._folder, 1, 1)
+        buttons.addWidget(self._results, 2, 0)
         lay.addLayout(buttons)
         form = QFormLayout()
         lay.addLayout(form)
@@ -110,6 +113,7 @@ class CohortGraphWidget(PluginWidget):
 
         self.runner = Runner(napari_viewer, self, [self._open, self._folder], self._cancel, self._status)
         self._load.clicked.connect(self._load_dialog)
+        self._results.clicked.connect(self._results_dialog)
         self._session.clicked.connect(self.use_session)
         self._open.clicked.connect(lambda: self.run_cohort(None))
         self._folder.clicked.connect(self._folder_dialog)
@@ -124,6 +128,11 @@ class CohortGraphWidget(PluginWidget):
                                                 "Tables (*.csv *.parquet *.pq);;All files (*)")
         if paths:
             self.load(paths)
+
+    def _results_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Case or cohort folder")
+        if folder:
+            self.load([folder])
 
     def load(self, paths) -> None:
         try:

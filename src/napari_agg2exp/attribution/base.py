@@ -29,7 +29,7 @@ __all__ = ["Attribution", "TargetType", "as_volume"]
 TargetType = int | Sequence[int] | None
 
 
-def as_volume(inputs) -> torch.Tensor:
+def as_volume(inputs: torch.Tensor | np.ndarray) -> torch.Tensor:
     """One (X, Y, Z) float tensor from (X, Y, Z), (1, X, Y, Z) or (1, 1, X, Y, Z) input."""
     x = inputs if isinstance(inputs, torch.Tensor) else torch.as_tensor(np.asarray(inputs))
     x = x.float()

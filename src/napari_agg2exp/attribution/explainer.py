@@ -121,14 +121,15 @@ class Explainer:
             out["features"] = "prediction" if self.parameters["feature_mask"] is None else "custom"
         return out
 
-    def forward(self, prepared: PreparedCase, target_ids: Sequence[int], network=None) -> SlidingWindowTarget:
+    def forward(self, prepared: PreparedCase, target_ids: Sequence[int],
+                network: torch.nn.Module | None = None) -> SlidingWindowTarget:
         """The stitched, masked class scores of ``prepared``'s clean prediction."""
         return SlidingWindowTarget(prepared.model.network if network is None else network, prepared.plan,
                                    prepared.labels, target_ids, sw_batch_size=prepared.sw_batch_size,
                                    batch_classes=self.batch_classes)
 
     def attribute(self, prepared: PreparedCase, target_ids: Sequence[int], *, inputs: torch.Tensor | None = None,
-                  network=None, progress: ProgressCallback | None = None,
+                  network: torch.nn.Module | None = None, progress: ProgressCallback | None = None,
                   cancel: CancelFlag | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """Maps of the classes ``target_ids`` on the model grid.
 

@@ -45,7 +45,7 @@ class Saliency(GradientAttribution):
         >>> heart = Saliency(fwd).attribute(x, target=8)  # (X, Y, Z)
     """
 
-    def attribute(self, inputs, target: TargetType = None, *, abs: bool = False,
+    def attribute(self, inputs: torch.Tensor | np.ndarray, target: TargetType = None, *, abs: bool = False,
                   progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> torch.Tensor:
         """Input gradients of the class scores.
 
@@ -100,19 +100,23 @@ class IntegratedGradients(GradientAttribution):
     """
 
     @overload
-    def attribute(self, inputs, target: TargetType = ..., *, baselines=..., n_steps: int = ..., method: str = ...,
+    def attribute(self, inputs: torch.Tensor | np.ndarray, target: TargetType = ..., *,
+                  baselines: float | torch.Tensor = ..., n_steps: int = ..., method: str = ...,
                   internal_batch_size: int = ..., return_convergence_delta: Literal[False] = ...,
                   progress: ProgressCallback | None = ..., cancel: CancelFlag | None = ...) -> torch.Tensor: ...
 
     @overload
-    def attribute(self, inputs, target: TargetType = ..., *, baselines=..., n_steps: int = ..., method: str = ...,
+    def attribute(self, inputs: torch.Tensor | np.ndarray, target: TargetType = ..., *,
+                  baselines: float | torch.Tensor = ..., n_steps: int = ..., method: str = ...,
                   internal_batch_size: int = ..., return_convergence_delta: Literal[True],
                   progress: ProgressCallback | None = ...,
                   cancel: CancelFlag | None = ...) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def attribute(self, inputs, target: TargetType = None, *, baselines: float | torch.Tensor = 0.0, n_steps: int = 20,
+    def attribute(self, inputs: torch.Tensor | np.ndarray, target: TargetType = None, *,
+                  baselines: float | torch.Tensor = 0.0, n_steps: int = 20,
                   method: str = "riemann_middle", internal_batch_size: int = 4, return_convergence_delta: bool = False,
-                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None):
+                  progress: ProgressCallback | None = None,
+                  cancel: CancelFlag | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Integrated gradients of the class scores.
 
         Args:

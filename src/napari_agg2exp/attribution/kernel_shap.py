@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
 
@@ -32,7 +33,7 @@ __all__ = ["KernelShap", "KernelShapDetails", "SPREADS", "cube_feature_mask", "s
 SPREADS = ("even", "broadcast")
 
 
-def cube_feature_mask(shape, cubes_per_axis: int = 8):
+def cube_feature_mask(shape: Sequence[int], cubes_per_axis: int = 8) -> np.ndarray:
     """An (X, Y, Z) int mask of ``cubes_per_axis³`` contiguous cells covering the volume.
 
     Cell boundaries split each axis into near-equal parts (``floor(i·n/8)``), so there are exactly
@@ -133,7 +134,7 @@ def solve_shapley(Z: np.ndarray, w: np.ndarray, y: np.ndarray, f_full: np.ndarra
     return np.vstack([phi_head, phi_last])
 
 
-def exact_shapley(value, M: int) -> np.ndarray:
+def exact_shapley(value: Callable[[np.ndarray], np.ndarray], M: int) -> np.ndarray:
     """Exact Shapley values by enumerating all 2^M coalitions (for tests; M ≤ ~12).
 
     Args:
@@ -188,21 +189,25 @@ class KernelShap(Attribution):
     """
 
     @overload
-    def attribute(self, inputs, target: TargetType = ..., *, feature_mask, baselines: float = ..., n_samples: int = ...,
+    def attribute(self, inputs: torch.Tensor | np.ndarray, target: TargetType = ..., *,
+                  feature_mask: torch.Tensor | np.ndarray, baselines: float = ..., n_samples: int = ...,
                   perturbations_per_eval: int = ..., return_input_shape: bool = ..., spread: str = ..., seed: int = ...,
                   return_details: Literal[False] = ..., progress: ProgressCallback | None = ...,
                   cancel: CancelFlag | None = ...) -> torch.Tensor: ...
 
     @overload
-    def attribute(self, inputs, target: TargetType = ..., *, feature_mask, baselines: float = ..., n_samples: int = ...,
+    def attribute(self, inputs: torch.Tensor | np.ndarray, target: TargetType = ..., *,
+                  feature_mask: torch.Tensor | np.ndarray, baselines: float = ..., n_samples: int = ...,
                   perturbations_per_eval: int = ..., return_input_shape: bool = ..., spread: str = ..., seed: int = ...,
                   return_details: Literal[True], progress: ProgressCallback | None = ...,
                   cancel: CancelFlag | None = ...) -> tuple[torch.Tensor, KernelShapDetails]: ...
 
-    def attribute(self, inputs, target: TargetType = None, *, feature_mask, baselines: float = 0.0,
+    def attribute(self, inputs: torch.Tensor | np.ndarray, target: TargetType = None, *,
+                  feature_mask: torch.Tensor | np.ndarray, baselines: float = 0.0,
                   n_samples: int = 1000, perturbations_per_eval: int = 4, return_input_shape: bool = True,
                   spread: str = "even", seed: int = 0, return_details: bool = False,
-                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None):
+                  progress: ProgressCallback | None = None,
+                  cancel: CancelFlag | None = None) -> torch.Tensor | tuple[torch.Tensor, KernelShapDetails]:
         """Shapley values of the class scores over the features of ``feature_mask``.
 
         Args:
@@ -246,7 +251,7 @@ class KernelShap(Attribution):
 
     @staticmethod
     def spread_values(values: np.ndarray, feature_mask: np.ndarray, feature_ids: np.ndarray, spread: str = "even",
-                      device=None) -> torch.Tensor:
+                      device: torch.device | str | None = None) -> torch.Tensor:
         """(M, K) per-feature values -> (K, X, Y, Z) per-voxel maps."""
         _, inverse = np.unique(feature_mask, return_inverse=True)
         per = values.copy()

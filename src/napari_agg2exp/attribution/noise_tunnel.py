@@ -8,12 +8,15 @@ intensity range (CT and MR ranges differ; MONAI's ``SmoothGrad`` does the same) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
 from napari_agg2exp.attribution.base import Attribution, TargetType, as_volume
 from napari_agg2exp.attribution.gradient import GradientAttribution, Saliency
+from napari_agg2exp.attribution.target import SlidingWindowTarget
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.options import look_up_option
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress
@@ -53,16 +56,17 @@ class NoiseTunnel(Attribution):
         self.attribution_method = attribution_method
 
     @staticmethod
-    def noise(shape, nt_samples: int, stdevs: float, seed: int) -> Iterator[torch.Tensor]:
+    def noise(shape: Sequence[int], nt_samples: int, stdevs: float, seed: int) -> Iterator[torch.Tensor]:
         """The noise draws ``attribute`` uses, one (X, Y, Z) tensor per sample, in order."""
         g = torch.Generator(device="cpu").manual_seed(int(seed))
         for _ in range(nt_samples):
             yield torch.randn(tuple(shape), generator=g) * stdevs
 
-    def attribute(self, inputs, target: TargetType = None, *, nt_type: str = "smoothgrad", nt_samples: int = 20,
+    def attribute(self, inputs: torch.Tensor | np.ndarray, target: TargetType = None, *, nt_type: str = "smoothgrad",
+                  nt_samples: int = 20,
                   nt_samples_batch_size: int | None = None, stdevs: float | None = None, noise_level: float = 0.1,
                   seed: int = 0, progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
-                  **kwargs) -> torch.Tensor:
+                  **kwargs: Any) -> torch.Tensor:
         """Average of the wrapped method's maps over noisy copies of ``inputs``.
 
         Args:
@@ -117,5 +121,5 @@ class NoiseTunnel(Attribution):
 class SmoothGrad(NoiseTunnel):
     """SmoothGrad of the vanilla gradient (the paper's SG): ``NoiseTunnel(Saliency(forward_func))``."""
 
-    def __init__(self, forward_func):
+    def __init__(self, forward_func: SlidingWindowTarget | GradientAttribution):
         super().__init__(Saliency(forward_func) if not isinstance(forward_func, GradientAttribution) else forward_func)

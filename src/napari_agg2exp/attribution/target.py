@@ -47,9 +47,9 @@ class SlidingWindowTarget:
 
     def __init__(
         self,
-        network,
+        network: torch.nn.Module,
         plan: SlidingWindow,
-        prediction,
+        prediction: torch.Tensor | np.ndarray,
         classes: Sequence[int],
         *,
         sw_batch_size: int = 1,
@@ -79,7 +79,7 @@ class SlidingWindowTarget:
             rows = [k for k, c in enumerate(self.classes) if c in present]
             self.windows.append(_WindowTargets(sl, rows))
 
-    def window_weights(self, wt: _WindowTargets):
+    def window_weights(self, wt: _WindowTargets) -> torch.Tensor:
         """(K_w, *window) tensor ``1[M_c] · b / count`` for the classes present in one window."""
         p = self._pred[wt.slices]
         bc = self.plan.weight * self._inv_count[wt.slices]
@@ -90,7 +90,7 @@ class SlidingWindowTarget:
         return SlidingWindowTarget(self.network, self.plan, self._pred, classes, sw_batch_size=self.sw_batch_size,
                                    batch_classes=self.batch_classes)
 
-    def with_network(self, network) -> "SlidingWindowTarget":
+    def with_network(self, network: torch.nn.Module) -> "SlidingWindowTarget":
         """The same masks and windows with another network (e.g. a randomised copy)."""
         return SlidingWindowTarget(network, self.plan, self._pred, self.classes, sw_batch_size=self.sw_batch_size,
                                    batch_classes=self.batch_classes)
@@ -108,7 +108,8 @@ class SlidingWindowTarget:
             out[:, wt.class_rows] = (zc * w[None]).flatten(2).sum(-1)
         return out
 
-    def scores(self, inputs, *, progress: ProgressCallback | None = None, cancel: CancelFlag | None = None):
+    def scores(self, inputs: torch.Tensor, *, progress: ProgressCallback | None = None,
+               cancel: CancelFlag | None = None) -> torch.Tensor:
         """``f_c`` for each input and target class, no gradients.
 
         Args:
@@ -134,13 +135,13 @@ class SlidingWindowTarget:
 
     def accumulate_gradients(
         self,
-        inputs,
-        out,
-        weights=None,
+        inputs: torch.Tensor,
+        out: torch.Tensor,
+        weights: torch.Tensor | None = None,
         *,
         progress: ProgressCallback | None = None,
         cancel: CancelFlag | None = None,
-    ):
+    ) -> torch.Tensor:
         """Add ``Σ_b weights_b · ∇_x f_k(inputs_b)`` into ``out[k]`` for every target k.
 
         One forward per window (the B inputs batched), then one VJP per class present in the window.

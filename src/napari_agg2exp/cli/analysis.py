@@ -121,7 +121,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``aggregate``, ``global``, ``outliers`` and ``report`` sub-commands."""
     fmt = argparse.RawDescriptionHelpFormatter
 

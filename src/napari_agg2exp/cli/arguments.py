@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 from napari_agg2exp.errors import Agg2ExpError
@@ -73,7 +74,7 @@ def window_from_args(args: argparse.Namespace) -> tuple[int, int, int] | None:
     return window_size_3d(ws)
 
 
-def print_warnings(caught) -> None:
+def print_warnings(caught: Iterable[warnings.WarningMessage]) -> None:
     """Print caught warnings once each as ``agg2exp: warning: ...`` (deprecations left out)."""
     seen = set()
     for w in caught:

@@ -21,7 +21,7 @@ from napari_agg2exp.workflows.manifest import read_manifest
 __all__ = ["register"]
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cohort", help="explain many scans on Dask (local cluster or --scheduler); resumable")
     p.add_argument("manifest", help="CSV with columns case,image and optional labels,rois")
     p.add_argument("--method", required=True, help="attribution method: " + ", ".join(METHODS))

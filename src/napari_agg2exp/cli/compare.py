@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ from napari_agg2exp.models.loading import load_model
 __all__ = ["register"]
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
         help="compare segmentation models: mean Dice per class and one-way ANOVA (p < 0.05)",
@@ -56,7 +57,7 @@ def _model_names(paths: list[str], names: str | None) -> list[str]:
     return out
 
 
-def cmd_compare(args) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     if not 0 < args.alpha < 1:
         raise Agg2ExpError(f"--alpha must be in (0, 1), got {args.alpha}")
     names = _model_names(args.models, args.names)

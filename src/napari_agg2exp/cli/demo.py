@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from napari_agg2exp.cli.explain import explainer_from_args, print_explanation
 from napari_agg2exp.cli.progress import TerminalProgress
 from napari_agg2exp.cli.segment import print_quality
@@ -23,7 +25,7 @@ __all__ = ["register", "DEMO_SEED"]
 DEMO_SEED = 90210
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job on the bundled sample and the bundled model")
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--overwrite", action="store_true")
@@ -33,7 +35,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def print_local_summary(table) -> None:
+def print_local_summary(table: pd.DataFrame) -> None:
     abs_mass = table[(table["part"] == "abs") & (table["target"] != table["roi"]) & (table["roi"] != "background")]
     own = table[(table["part"] == "abs") & (table["target"] == table["roi"])].set_index("target")["mass"]
     print("local RoI importance (|a| mass): share inside the class itself, and the largest other organ:")

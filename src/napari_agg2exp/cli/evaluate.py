@@ -35,7 +35,7 @@ DEFAULT_METHODS = "vg,ig,sg,kernelshap-cubes,kernelshap-semantic"
 DEFAULT_METRICS = "faithfulness,sensitivity,complexity,randomisation"
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="explanation quality of attribution methods: faithfulness, sensitivity, complexity, randomisation",
@@ -112,7 +112,7 @@ def method_parameters(args: argparse.Namespace, methods: list[str]) -> dict[str,
     return out
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     methods = look_up_methods(args.methods)
     metrics = look_up_metrics(args.metrics)
     check_settings(args.subsets, args.subset_size, args.noise_samples, args.noise_bound, args.threshold)

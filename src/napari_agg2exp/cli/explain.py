@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from napari_agg2exp.attribution.explainer import Explainer, Explanation
 from napari_agg2exp.attribution.methods import METHODS, look_up_method
@@ -25,7 +26,7 @@ from napari_agg2exp.workflows.case_folder import CaseFolder
 __all__ = ["register", "explainer_from_args", "print_explanation"]
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="per-class voxel attributions (VG, IG, SG, KernelSHAP) and local RoI importance")
     p.add_argument("image", help="input .nii / .nii.gz")
     p.add_argument("--method", required=True, help="attribution method: " + ", ".join(METHODS))
@@ -44,7 +45,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_explain)
 
 
-def explainer_from_args(method: str, args: argparse.Namespace, **settings) -> Explainer:
+def explainer_from_args(method: str, args: argparse.Namespace, **settings: Any) -> Explainer:
     """The method's explainer from the generic flags (each method reads the ones it takes)."""
     m = look_up_method(method)
     given = {**method_settings(args), **settings}

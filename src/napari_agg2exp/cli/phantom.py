@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from napari_agg2exp.cli.progress import TerminalProgress
 from napari_agg2exp.data.phantom.cohort import write_phantom_cohort
 from napari_agg2exp.errors import Agg2ExpError
@@ -9,7 +11,7 @@ from napari_agg2exp.errors import Agg2ExpError
 __all__ = ["register"]
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("phantom", help="write synthetic thorax CT phantoms (image, labels, pathology)")
     p.add_argument("--out", required=True, help="output folder (case_XXXX/ sub-folders and labels.json)")
     p.add_argument("--cases", type=int, default=1, help="number of cases (default 1)")
@@ -19,7 +21,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_phantom)
 
 
-def cmd_phantom(args) -> int:
+def cmd_phantom(args: argparse.Namespace) -> int:
     if args.cases < 1:
         raise Agg2ExpError(f"--cases must be >= 1, got {args.cases}")
     paths = write_phantom_cohort(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -18,7 +19,7 @@ class TerminalProgress:
         stream: where to draw (default: stderr).
     """
 
-    def __init__(self, label: str = "", min_interval: float = 0.2, stream=None):
+    def __init__(self, label: str = "", min_interval: float = 0.2, stream: TextIO | None = None):
         self.label = label
         self.min_interval = min_interval
         self.stream = stream or sys.stderr

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+
+import pandas as pd
 
 from napari_agg2exp.cli.arguments import add_model_args, add_window_args, model_from_args, window_from_args
 from napari_agg2exp.cli.progress import TerminalProgress
@@ -13,7 +16,7 @@ from napari_agg2exp.workflows.case_folder import CaseFolder
 __all__ = ["register", "print_quality"]
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a CT scan (sliding-window inference)")
     p.add_argument("image", help="input .nii / .nii.gz")
     p.add_argument("--ground-truth", default=None, help="ground-truth labels (.nii.gz) to write quality.csv")
@@ -24,7 +27,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_segment)
 
 
-def print_quality(table) -> None:
+def print_quality(table: pd.DataFrame) -> None:
     rows = table.dropna(subset=["dice"])
     width = max(len(c) for c in rows["class"]) if len(rows) else 10
     print(f"{'class':<{width}}  dice    iou")
@@ -35,7 +38,7 @@ def print_quality(table) -> None:
         print(f"{'mean (foreground)':<{width}}  {fg['dice'].mean():.3f}  {fg['iou'].mean():.3f}")
 
 
-def cmd_segment(args) -> int:
+def cmd_segment(args: argparse.Namespace) -> int:
     ws = window_from_args(args)
     check_out_dir(args.out, args.overwrite)
     read_case_inputs(args.image, args.ground_truth)  # fail fast on bad input, before the model loads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import torch
@@ -13,7 +14,7 @@ from napari_agg2exp.models.training import TrainConfig, find_cases, train
 __all__ = ["register"]
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a baseline segmentation model (Dice + CE, AdamW, cosine)")
     p.add_argument("data", help="folder of case_*/image.nii.gz + labels.nii.gz and labels.json")
     p.add_argument("--arch", default="UNet", help="SwinUNETR, SwinUNETRv2, UNETR, UNet, BasicUNet, DynUNet")
@@ -37,7 +38,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     try:
         arguments = json.loads(args.arguments)
     except json.JSONDecodeError as e:

@@ -32,7 +32,7 @@ def dice_iou(pred: np.ndarray, gt: np.ndarray, n_classes: int) -> tuple[np.ndarr
     return dice, iou
 
 
-def quality_table(pred: np.ndarray, gt: np.ndarray, class_names: Sequence[str], case: str = "case"):
+def quality_table(pred: np.ndarray, gt: np.ndarray, class_names: Sequence[str], case: str = "case") -> pd.DataFrame:
     """Long table ``case,class,dice,iou`` (pandas DataFrame), one row per class."""
     dice, iou = dice_iou(pred, gt, len(class_names))
     return pd.DataFrame({"case": case, "class": list(class_names), "dice": dice, "iou": iou})

@@ -19,8 +19,9 @@ from scipy.stats import f_oneway
 
 from napari_agg2exp.data.dice import dice_iou
 from napari_agg2exp.data.labels import read_label_names
-from napari_agg2exp.data.volume import load_volume
+from napari_agg2exp.data.volume import Volume, load_volume
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.models.loading import SegmentationModel
 from napari_agg2exp.models.prepared import segment
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress, check_cancel
 
@@ -71,8 +72,9 @@ def shared_classes(models: Sequence[Any], data_names: Sequence[str] | None) -> l
     return [n for n in common if n != "background" and n != first[0]]
 
 
-def case_dice(model, image, labels, classes: Sequence[str], data_names: Sequence[str] | None = None, *,
-              window_size=None, overlap: float = 0.25, blend: str = "constant", sw_batch_size: int = 1,
+def case_dice(model: SegmentationModel, image: Volume, labels: Volume, classes: Sequence[str],
+              data_names: Sequence[str] | None = None, *, window_size: int | Sequence[int] | None = None,
+              overlap: float = 0.25, blend: str = "constant", sw_batch_size: int = 1,
               progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> dict[str, float]:
     """Dice of each class of ``classes`` for one model on one case (NaN: in neither volume).
 
@@ -100,9 +102,9 @@ def case_dice(model, image, labels, classes: Sequence[str], data_names: Sequence
 
 
 def dice_table(models: dict[str, Any], cases: Sequence[str | os.PathLike], data_names: Sequence[str] | None = None,
-               *, classes: Sequence[str] | None = None, window_size=None, overlap: float = 0.25,
-               blend: str = "constant", sw_batch_size: int = 1, progress: ProgressCallback | None = None,
-               cancel: CancelFlag | None = None):
+               *, classes: Sequence[str] | None = None, window_size: int | Sequence[int] | None = None,
+               overlap: float = 0.25, blend: str = "constant", sw_batch_size: int = 1,
+               progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> pd.DataFrame:
     """Per-case Dice of every model: DataFrame ``case,model,class,dice``.
 
     Args:
@@ -142,7 +144,7 @@ def _with_overall(dice):
     return pd.concat([dice, overall[["case", "model", "class", "dice"]]], ignore_index=True)
 
 
-def anova_table(dice, alpha: float = 0.05):
+def anova_table(dice: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """One-way ANOVA of per-case Dice across models, per class and overall.
 
     Args:
@@ -169,7 +171,7 @@ def anova_table(dice, alpha: float = 0.05):
     return pd.DataFrame(rows, columns=["class", "f", "p", "significant"])
 
 
-def mean_dice_table(dice):
+def mean_dice_table(dice: pd.DataFrame) -> pd.DataFrame:
     """Mean Dice per class (rows, ``overall`` last) and model (columns), as in appendix Table 2."""
     d = _with_overall(dice)
     t = d.pivot_table(index="class", columns="model", values="dice", aggfunc="mean", sort=False)
@@ -177,7 +179,7 @@ def mean_dice_table(dice):
     return t.reindex(index=order, columns=list(dict.fromkeys(d["model"])))
 
 
-def comparison_markdown(dice, anova=None, alpha: float = 0.05) -> str:
+def comparison_markdown(dice: pd.DataFrame, anova: pd.DataFrame | None = None, alpha: float = 0.05) -> str:
     """Markdown table: mean Dice per class and model (best in bold), ANOVA p-value, ``*`` if p < alpha."""
     if anova is None:
         anova = anova_table(dice, alpha)

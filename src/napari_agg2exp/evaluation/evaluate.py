@@ -138,7 +138,7 @@ def make_perturbations(shape: Sequence[int], *, n_subsets: int = 100, subset_siz
     )
 
 
-def check_settings(n_subsets, subset_size, n_noise, noise_bound, threshold):
+def check_settings(n_subsets: int, subset_size: int, n_noise: int, noise_bound: float, threshold: float) -> None:
     if int(n_subsets) < 2:
         raise Agg2ExpError(f"--subsets must be at least 2 (a correlation needs several points), got {n_subsets}")
     if int(subset_size) < 1:
@@ -168,7 +168,7 @@ def evaluate_case(
     seed: int = 0,
     method_params: dict[str, dict[str, Any]] | None = None,
     perturbations: Perturbations | None = None,
-    window_size=None,
+    window_size: int | Sequence[int] | None = None,
     overlap: float = 0.25,
     blend: str = "constant",
     batch_size: int = 4,

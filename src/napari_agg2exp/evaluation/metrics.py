@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from napari_agg2exp.attribution.target import SlidingWindowTarget
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress, check_cancel, report
 
@@ -63,7 +64,7 @@ def _to_numpy(maps) -> np.ndarray:
     return a
 
 
-def normalise_by_max(maps) -> np.ndarray:
+def normalise_by_max(maps: np.ndarray | torch.Tensor) -> np.ndarray:
     """Divide each class map by its ``max |a|`` (all-zero maps stay zero).
 
     Args:
@@ -150,8 +151,9 @@ def uniform_noise(shape: Sequence[int], n_samples: int = 3, bound: float = 0.1, 
     return rng.uniform(-float(bound), float(bound), (int(n_samples), *(int(s) for s in shape))).astype(np.float32)
 
 
-def score_drops(forward, inputs, subsets: np.ndarray, *, baseline: float = 0.0, batch_size: int = 4,
-                progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> np.ndarray:
+def score_drops(forward: SlidingWindowTarget, inputs: torch.Tensor | np.ndarray, subsets: np.ndarray, *,
+                baseline: float = 0.0, batch_size: int = 4, progress: ProgressCallback | None = None,
+                cancel: CancelFlag | None = None) -> np.ndarray:
     """``f_c(x) − f_c(x_S)`` for every subset ``S`` and target class (one batched forward per subsets batch).
 
     The drops do not depend on the attribution method: compute them once per case and share them.
@@ -191,7 +193,7 @@ def _pearson(u: np.ndarray, v: np.ndarray) -> float:
     return float((u * v).sum() / den) if den > 0 else float("nan")
 
 
-def faithfulness_correlation(maps, subsets: np.ndarray, drops: np.ndarray) -> np.ndarray:
+def faithfulness_correlation(maps: np.ndarray | torch.Tensor, subsets: np.ndarray, drops: np.ndarray) -> np.ndarray:
     """Pearson correlation between the subsets' attribution sums and the score drops, per class.
 
     Args:
@@ -213,7 +215,7 @@ def faithfulness_correlation(maps, subsets: np.ndarray, drops: np.ndarray) -> np
     return out
 
 
-def relative_change(maps, maps_perturbed) -> np.ndarray:
+def relative_change(maps: np.ndarray | torch.Tensor, maps_perturbed: np.ndarray | torch.Tensor) -> np.ndarray:
     """``‖â − â'‖₂ / ‖â‖₂`` per class, both maps normalised by their own ``max |a|`` (NaN for a zero map)."""
     a = normalise_by_max(maps).reshape(len(_to_numpy(maps)), -1).astype(np.float64)
     b = normalise_by_max(maps_perturbed).reshape(a.shape).astype(np.float64)
@@ -223,7 +225,8 @@ def relative_change(maps, maps_perturbed) -> np.ndarray:
         return np.where(den > 0, num / den, np.nan)
 
 
-def average_sensitivity(maps, attribution_fn: Callable[..., Any], inputs, noise: np.ndarray, *,
+def average_sensitivity(maps: np.ndarray | torch.Tensor, attribution_fn: Callable[..., Any],
+                        inputs: torch.Tensor | np.ndarray, noise: np.ndarray, *,
                         progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> np.ndarray:
     """Average sensitivity: mean over noise samples of ``‖â − â(x + ε)‖₂ / ‖â‖₂``, per class.
 
@@ -252,7 +255,7 @@ def average_sensitivity(maps, attribution_fn: Callable[..., Any], inputs, noise:
     return np.mean(changes, axis=0)
 
 
-def effective_complexity(maps, threshold: float = 0.1) -> np.ndarray:
+def effective_complexity(maps: np.ndarray | torch.Tensor, threshold: float = 0.1) -> np.ndarray:
     """Fraction of voxels with ``|a| / max|a| > threshold``, per class (NaN for an all-zero map).
 
     Quantus' ``EffectiveComplexity`` returns the count; this is the count divided by the number of voxels.
@@ -266,7 +269,7 @@ def effective_complexity(maps, threshold: float = 0.1) -> np.ndarray:
     return np.where(zero, np.nan, frac)
 
 
-def randomise_network(network, seed: int = 0):
+def randomise_network(network: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """A copy of ``network`` with every parameter re-initialised; the original is not touched.
 
     Modules with ``reset_parameters`` (convolutions, linear and norm layers) re-draw their own weights
@@ -308,7 +311,7 @@ def randomise_network(network, seed: int = 0):
     return net.eval()
 
 
-def rank_correlation(maps, maps_other) -> np.ndarray:
+def rank_correlation(maps: np.ndarray | torch.Tensor, maps_other: np.ndarray | torch.Tensor) -> np.ndarray:
     """Spearman correlation of ``|a|`` between two sets of maps, per class (NaN where one is constant)."""
     a = np.abs(_to_numpy(maps)).reshape(len(_to_numpy(maps)), -1)
     b = np.abs(_to_numpy(maps_other)).reshape(a.shape)

@@ -13,7 +13,7 @@ from napari_agg2exp.evaluation.evaluate import METRICS
 __all__ = ["summarise", "summary_markdown"]
 
 
-def summarise(table):
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and count of each metric per method, over cases and targets.
 
     Args:
@@ -33,7 +33,7 @@ def summarise(table):
     return out.sort_values(["_m", "_k"]).drop(columns=["_m", "_k"]).reset_index(drop=True)
 
 
-def summary_markdown(table, settings: dict[str, Any] | None = None) -> str:
+def summary_markdown(table: pd.DataFrame, settings: dict[str, Any] | None = None) -> str:
     """A Markdown table ``method × metric`` of ``mean ± sd`` (with the direction of each metric).
 
     Args:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import networkx as nx
@@ -135,7 +135,7 @@ def prune_edges(weights: Mapping[str, float], keep_mass: float = 0.35, min_edges
     return kept
 
 
-def class_order(names) -> list[str]:
+def class_order(names: Iterable[str]) -> list[str]:
     rank = {n: i for i, n in enumerate(THORAX_LABELS)}
     return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
@@ -150,7 +150,7 @@ def importance_graph(
     groups: Mapping[str, str] | None = None,
     self_loops: bool = False,
     min_edges: int = 1,
-):
+) -> nx.DiGraph:
     """The class-to-RoI importance graph (SPEC §5).
 
     Args:
@@ -199,6 +199,6 @@ def importance_graph(
     return g
 
 
-def write_graphml(graph, path: str | os.PathLike) -> Path:
+def write_graphml(graph: nx.Graph, path: str | os.PathLike) -> Path:
     """Write a graph as GraphML atomically (temporary file, then rename)."""
     return atomic_write(path, lambda tmp: nx.write_graphml(graph, tmp))

@@ -8,6 +8,7 @@ attribution engine needs per-window vector-Jacobian products through the same st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ __all__ = [
 BLEND_MODES = ("constant", "gaussian")
 
 
-def window_size_3d(window_size) -> tuple[int, int, int]:
+def window_size_3d(window_size: int | Sequence[int]) -> tuple[int, int, int]:
     """``N`` or ``(X, Y, Z)`` -> three positive ints (the one place window sizes are normalised)."""
     try:
         ws = (int(window_size),) * 3 if np.isscalar(window_size) else tuple(int(v) for v in window_size)
@@ -45,7 +46,8 @@ def window_size_3d(window_size) -> tuple[int, int, int]:
     return ws
 
 
-def check_window_options(window_size, overlap: float, blend: str) -> tuple[tuple[int, int, int], float, str]:
+def check_window_options(window_size: int | Sequence[int], overlap: float,
+                         blend: str) -> tuple[tuple[int, int, int], float, str]:
     """Normalised ``(window_size, overlap, blend)``; bad values raise :class:`Agg2ExpError`."""
     ws = window_size_3d(window_size)
     if not 0.0 <= float(overlap) < 1.0:
@@ -53,7 +55,7 @@ def check_window_options(window_size, overlap: float, blend: str) -> tuple[tuple
     return ws, float(overlap), look_up_option(blend, BLEND_MODES, what="blend mode")
 
 
-def window_slices(shape, window_size, overlap: float) -> list[tuple[slice, slice, slice]]:
+def window_slices(shape: Sequence[int], window_size: Sequence[int], overlap: float) -> list[tuple[slice, slice, slice]]:
     """Window positions covering ``shape`` (MONAI's scan interval and ``dense_patch_slices``)."""
     shape = tuple(int(s) for s in shape)
     ws = tuple(min(w, s) for w, s in zip(window_size, shape))
@@ -81,7 +83,8 @@ class SlidingWindow:
     count: Any
 
     @classmethod
-    def plan(cls, shape, window_size=(96, 96, 96), overlap: float = 0.25, blend: str = "constant", device="cpu"):
+    def plan(cls, shape: Sequence[int], window_size: int | Sequence[int] = (96, 96, 96), overlap: float = 0.25,
+             blend: str = "constant", device: torch.device | str = "cpu") -> SlidingWindow:
         ws, overlap, blend = check_window_options(window_size, overlap, blend)
         shape = tuple(int(s) for s in shape)
         if any(s < w for s, w in zip(shape, ws)):
@@ -102,7 +105,7 @@ def _batches(n: int, size: int):
         yield list(range(i, min(n, i + max(1, size))))
 
 
-def forward_logits(network, batch, n_classes: int | None = None):
+def forward_logits(network: torch.nn.Module, batch: torch.Tensor, n_classes: int | None = None) -> torch.Tensor:
     """The network's logits of a window batch, checked to be (B, C, X, Y, Z) with C = ``n_classes``."""
     out = network(batch)
     if isinstance(out, (list, tuple)):  # deep supervision heads: first is the prediction
@@ -118,15 +121,15 @@ def forward_logits(network, batch, n_classes: int | None = None):
 
 
 def sliding_window_logits(
-    network,
-    inputs,
+    network: torch.nn.Module,
+    inputs: torch.Tensor,
     plan: SlidingWindow,
     *,
     n_classes: int | None = None,
     sw_batch_size: int = 1,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
-):
+) -> torch.Tensor:
     """Stitched logits of a model over a whole volume (no gradients).
 
     Args:

@@ -145,7 +145,7 @@ class ModelSpec:
         )
 
 
-def build_network(spec: ModelSpec):
+def build_network(spec: ModelSpec) -> torch.nn.Module:
     """Build the (untrained) network a spec describes; output channels = number of classes."""
     args = dict(spec.arguments)
     n_out = args.pop("out_channels", len(spec.class_names))
@@ -172,7 +172,7 @@ def available_devices() -> list[str]:
     return devs
 
 
-def resolve_device(device: str | None = "auto"):
+def resolve_device(device: str | None = "auto") -> torch.device:
     """``auto`` -> cuda > mps > cpu; a named device that does not exist falls back to CPU with a warning."""
     if device is None or str(device) == "auto":
         return torch.device(available_devices()[0])
@@ -266,7 +266,8 @@ def _load_state(path: Path, trust_checkpoint: bool):
     return state
 
 
-def save_model(network, spec: ModelSpec, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
+def save_model(network: torch.nn.Module, spec: ModelSpec, out_dir: str | os.PathLike,
+               extra_files: dict[str, str] | None = None) -> Path:
     """Save a model folder (``model.json`` + ``weights.safetensors``); each file is written atomically.
 
     Other files in ``out_dir`` are left alone (training keeps ``last/`` and its state there).

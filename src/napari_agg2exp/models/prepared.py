@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ __all__ = ["PreparedCase", "prepare_case", "segment", "frozen"]
 
 
 @contextlib.contextmanager
-def frozen(network) -> Iterator:
+def frozen(network: torch.nn.Module) -> Iterator:
     """Eval mode and no weight gradients inside the block; the network's own state is restored after."""
     flags = [(p, p.requires_grad) for p in network.parameters()]
     was_training = network.training
@@ -143,7 +144,7 @@ def prepare_case(
                         scores, max(1, int(sw_batch_size)))
 
 
-def segment(model: SegmentationModel, image: Volume, **kwargs) -> PreparedCase:
+def segment(model: SegmentationModel, image: Volume, **kwargs: Any) -> PreparedCase:
     """Segment ``image``: :func:`prepare_case` (``.prediction`` is the input-grid label volume)."""
     return prepare_case(model, image, **kwargs)
 

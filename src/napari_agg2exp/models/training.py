@@ -63,7 +63,9 @@ def find_cases(data_dir: str | os.PathLike) -> list[Path]:
     return cases
 
 
-def load_training_cases(cases: list[Path], preprocessing, window_size, progress=None, cancel=None):
+def load_training_cases(cases: list[Path], preprocessing: PreprocessingSpec, window_size: tuple[int, int, int] | None,
+                        progress: ProgressCallback | None = None,
+                        cancel: CancelFlag | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Preprocess every case once: (image, labels) arrays on the model grid."""
     out = []
     for i, c in enumerate(cases):

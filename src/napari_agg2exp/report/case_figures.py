@@ -10,6 +10,7 @@ aspect ratio. Figures are :class:`matplotlib.figure.Figure` objects (no pyplot, 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import matplotlib as mpl
 import nibabel as nib
@@ -18,6 +19,9 @@ from matplotlib.figure import Figure
 
 from napari_agg2exp.data.volume import Volume
 from napari_agg2exp.errors import Agg2ExpError
+
+if TYPE_CHECKING:
+    from napari_agg2exp.workflows.case_folder import CaseData
 
 __all__ = ["best_slices", "case_figures", "class_figure", "display_limits", "plane_names"]
 
@@ -85,7 +89,7 @@ def class_figure(
     transparent_below: float = 0.01,
     title: str | None = None,
     cmap: str = "bwr",
-):
+) -> Figure:
     """Three-plane figure of one class's attribution map over the CT.
 
     Args:
@@ -159,7 +163,8 @@ def class_figure(
     return fig
 
 
-def case_figures(case, targets: Iterable[str] | None = None, *, zero_background: bool = False) -> dict:
+def case_figures(case: CaseData, targets: Iterable[str] | None = None, *,
+                 zero_background: bool = False) -> dict:
     """:func:`class_figure` for every (or the given) target of a loaded case.
 
     Args:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -54,7 +55,7 @@ def _ordered(names, groups: Mapping[str, str] | None = None, by_group: bool = Fa
     return sorted(names, key=key)
 
 
-def figure_png(fig, dpi: int = 100) -> bytes:
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     """Render a figure to PNG bytes."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
@@ -62,13 +63,13 @@ def figure_png(fig, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Write a figure as PNG atomically. Returns the path."""
     return atomic_write_bytes(path, figure_png(fig, dpi))
 
 
 def heatmap_figure(global_df: pd.DataFrame, part: str = "abs", *, exclude: Sequence[str] = DEFAULT_EXCLUDE,
-                   value: str = "mean"):
+                   value: str = "mean") -> Figure:
     """Heatmap of global importance: targets (rows) × RoIs (columns), cells = mean mass.
 
     Args:
@@ -103,7 +104,7 @@ def heatmap_figure(global_df: pd.DataFrame, part: str = "abs", *, exclude: Seque
     return fig
 
 
-def graph_figure(graph, *, groups: Mapping[str, str] | None = None, title: str | None = None):
+def graph_figure(graph: nx.DiGraph, *, groups: Mapping[str, str] | None = None, title: str | None = None) -> Figure:
     """Draw the importance graph: classes on a circle (by semantic group), custom RoIs inside.
 
     Edge width is proportional to the weight; node colour is the semantic group; squares are custom
@@ -154,7 +155,7 @@ def graph_figure(graph, *, groups: Mapping[str, str] | None = None, title: str |
 
 
 def distribution_figure(local_df: pd.DataFrame, target: str, part: str = "abs", *,
-                        groups: Mapping[str, str] | None = None, exclude: Sequence[str] = DEFAULT_EXCLUDE):
+                        groups: Mapping[str, str] | None = None, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> Figure:
     """Box plots of the per-case ``mass(target <- R)`` for every RoI, coloured by semantic group."""
     df = local_df[(local_df["target"] == target) & (local_df["part"] == part) & ~local_df["roi"].isin(exclude)]
     rois = _ordered(df["roi"].unique(), groups, by_group=True)
@@ -182,7 +183,7 @@ def distribution_figure(local_df: pd.DataFrame, target: str, part: str = "abs", 
 
 
 def spearman_figure(spearman_df: pd.DataFrame, scores: pd.DataFrame | None = None,
-                    quality: pd.DataFrame | None = None, alpha: float = 0.05):
+                    quality: pd.DataFrame | None = None, alpha: float = 0.05) -> Figure:
     """Bar chart of Spearman's rho (outlier score vs Dice) per target, significant bars marked ``*``.
 
     With ``scores`` and ``quality`` also a scatter of score vs Dice over all targets.

@@ -20,7 +20,7 @@ from napari_agg2exp.importance.global_importance import (
 from napari_agg2exp.importance.local import look_up_part
 from napari_agg2exp.importance.outliers import OutlierResult
 from napari_agg2exp.importance.tables import write_table
-from napari_agg2exp.progress import report
+from napari_agg2exp.progress import ProgressCallback, report
 from napari_agg2exp.report.cohort_figures import (
     distribution_figure,
     graph_figure,
@@ -40,7 +40,7 @@ def write_global_analysis(
     keep_mass: float = 0.35,
     groups: Mapping[str, str] | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
-    progress=None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Path]:
     """Write the cohort outputs of ``agg2exp global`` into ``out_dir``.
 

@@ -24,6 +24,7 @@ import os
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -31,9 +32,12 @@ from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.files import atomic_write_text
 from napari_agg2exp.importance.global_importance import importance_graph
 from napari_agg2exp.importance.tables import GLOBAL_COLUMNS, read_local_table, read_table
-from napari_agg2exp.progress import check_cancel, report
+from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 from napari_agg2exp.report.case_figures import case_figures
 from napari_agg2exp.report.cohort_figures import figure_png, graph_figure, heatmap_figure
+
+if TYPE_CHECKING:
+    from napari_agg2exp.workflows.case_folder import CaseData
 
 __all__ = ["REPORT_NAME", "case_report_html", "top_rois", "write_cohort_report"]
 
@@ -93,9 +97,9 @@ def top_rois(local_df: pd.DataFrame, target: str, k: int = 5, part: str = "abs")
     return out.sort_values(key, ascending=False, na_position="last").head(k).reset_index(drop=True)
 
 
-def case_report_html(case, local: pd.DataFrame, *, local_note: str = "", quality: pd.DataFrame | None = None,
+def case_report_html(case: CaseData, local: pd.DataFrame, *, local_note: str = "", quality: pd.DataFrame | None = None,
                      targets: Iterable[str] | None = None, zero_background: bool = False, top: int = 5,
-                     progress=None, cancel=None) -> str:
+                     progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> str:
     """The HTML report of one loaded case.
 
     Args:

@@ -35,7 +35,8 @@ def open_sample(viewer: napari.Viewer, seed: int = 90210) -> list:
     return layers
 
 
-def set_or_add(viewer, existing, layer_type: str, data, kwargs: dict):
+def set_or_add(viewer: napari.Viewer, existing: napari.layers.Layer | None, layer_type: str, data: np.ndarray,
+               kwargs: dict) -> napari.layers.Layer:
     """Update ``existing`` in place (re-runs keep the user's layer order), else add a new layer."""
     if existing is not None and type(existing).__name__.lower() == layer_type and existing.data.shape == data.shape:
         existing.data = data
@@ -48,7 +49,8 @@ def set_or_add(viewer, existing, layer_type: str, data, kwargs: dict):
     return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
 
 
-def add_prediction(viewer, image, prediction: np.ndarray, class_names: Sequence[str], source: str):
+def add_prediction(viewer: napari.Viewer, image: napari.layers.Image, prediction: np.ndarray,
+                   class_names: Sequence[str], source: str) -> napari.layers.Labels:
     """Add (or update) the Labels layer ``"<image> prediction"``: class names and colours in its
     features, ``source`` (the model) in its provenance."""
     colours = class_colours(len(class_names))
@@ -68,8 +70,9 @@ def add_prediction(viewer, image, prediction: np.ndarray, class_names: Sequence[
                       np.asarray(prediction, dtype=np.uint8), kwargs)
 
 
-def add_attribution(viewer, image, method: str, target: str, data: np.ndarray, limit: float,
-                    transparent_below: float, info: dict[str, Any], visible: bool):
+def add_attribution(viewer: napari.Viewer, image: napari.layers.Image, method: str, target: str, data: np.ndarray,
+                    limit: float, transparent_below: float, info: dict[str, Any],
+                    visible: bool) -> napari.layers.Image:
     """Add (or update) the attribution Image layer ``"<image> <method> <target>"``: diverging
     colormap with contrast limits ``(-limit, limit)``, transparent below ``transparent_below``
     (same unit as ``limit``), blended over the scan."""
@@ -91,7 +94,7 @@ def add_attribution(viewer, image, method: str, target: str, data: np.ndarray, l
     return layer
 
 
-def write_features(layer, table: pd.DataFrame, target: str) -> None:
+def write_features(layer: napari.layers.Labels, table: pd.DataFrame, target: str) -> None:
     """Write one target's importance into a Labels layer's ``features`` (re-assigned, one row per
     label): columns ``importance_target``, ``mass_<part>`` and ``mean_<part>``."""
     if layer_kind(layer) == "prediction":

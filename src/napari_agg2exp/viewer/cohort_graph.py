@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
     import pandas as pd
 
+    from napari_agg2exp.models.loading import SegmentationModel
+
 __all__ = ["GraphResult", "cohort", "cohort_job", "cohort_table", "importance_graph", "load_tables", "show_graph"]
 
 
@@ -41,8 +43,9 @@ def _nifti_files(folder) -> list[Path]:
     return files
 
 
-def cohort_job(viewer: napari.Viewer, images=None, method: str = "vg", model=None, *,
-               parts: Sequence[str] = ("abs", "pos", "neg"), **params) -> Job:
+def cohort_job(viewer: napari.Viewer, images: Sequence[napari.layers.Image | str] | str | Path | None = None,
+               method: str = "vg", model: SegmentationModel | str | Path | None = None, *,
+               parts: Sequence[str] = ("abs", "pos", "neg"), **params: Any) -> Job:
     """Job running a small cohort: explain every scan and compute its local importance with the
     predicted RoIs; no layer is added. ``apply`` returns the cohort table (one case per scan).
 
@@ -83,7 +86,9 @@ def cohort_job(viewer: napari.Viewer, images=None, method: str = "vg", model=Non
     return Job(f"Cohort of {len(sources)} scan{'s' if len(sources) != 1 else ''}", compute, apply)
 
 
-def cohort(viewer: napari.Viewer, images=None, method: str = "vg", model=None, **kwargs) -> pd.DataFrame:
+def cohort(viewer: napari.Viewer, images: Sequence[napari.layers.Image | str] | str | Path | None = None,
+           method: str = "vg", model: SegmentationModel | str | Path | None = None,
+           **kwargs: Any) -> pd.DataFrame:
     """Run a small cohort (see :func:`cohort_job`); returns its local importance table."""
     return cohort_job(viewer, images, method, model, **kwargs).run()
 
@@ -129,7 +134,8 @@ def importance_graph(table: pd.DataFrame, part: str = "abs", keep_mass: float = 
     return GraphResult(table, g, _graph(g, part=part, keep_mass=keep_mass, groups=groups), part, keep_mass)
 
 
-def show_graph(viewer: napari.Viewer, tables=None, *, part: str = "abs", keep_mass: float = 0.35):
+def show_graph(viewer: napari.Viewer, tables: pd.DataFrame | str | Path | Sequence[str | Path] | None = None, *,
+               part: str = "abs", keep_mass: float = 0.35) -> GraphResult | None:
     """Show the importance graph and the distribution plots in the "Cohort & graph" dock.
 
     Args:

@@ -24,6 +24,7 @@ from napari_agg2exp.viewer.session import session
 if TYPE_CHECKING:  # pragma: no cover
     import napari
     import pandas as pd
+    from napari.utils.colormaps import Colormap, DirectLabelColormap
 
 __all__ = [
     "ATTRIBUTION_COLORMAP",
@@ -53,12 +54,12 @@ def class_colours(n: int) -> list[tuple[float, float, float, float]]:
     return [(0.0, 0.0, 0.0, 0.0)] + [(*tab[(2 * (i - 1) + (i - 1) // 10) % 20], 1.0) for i in range(1, n)]
 
 
-def hex_colour(rgba) -> str:
+def hex_colour(rgba: Sequence[float]) -> str:
     """``#rrggbb`` of an RGB(A) colour with components in [0, 1]."""
     return "#" + "".join(f"{round(c * 255):02x}" for c in rgba[:3])
 
 
-def labels_colormap(colours):
+def labels_colormap(colours: Sequence[Sequence[float]]) -> DirectLabelColormap:
     """napari Labels colormap: label ``i`` gets ``colours[i]``, unknown labels are transparent."""
     from napari.utils.colormaps import DirectLabelColormap
 
@@ -67,7 +68,7 @@ def labels_colormap(colours):
     return DirectLabelColormap(color_dict=cmap)
 
 
-def attribution_colormap(transparent_below: float = 0.0):
+def attribution_colormap(transparent_below: float = 0.0) -> Colormap:
     """The diverging map for contrast limits ``(-vlim, vlim)``; ``|a| < transparent_below * vlim`` is
     fully transparent (SPEC §8: below 1% of ``max |a|``)."""
     from napari.utils.colormaps import Colormap
@@ -104,7 +105,8 @@ def select_class(viewer: napari.Viewer, name: str, *, show_map: bool = True) -> 
                 ly.visible = ly is shown[name]
 
 
-def go_to_roi(viewer: napari.Viewer, labels_layer, roi: str | int, ids: Sequence[int] | None = None) -> tuple | None:
+def go_to_roi(viewer: napari.Viewer, labels_layer: napari.layers.Labels, roi: str | int,
+              ids: Sequence[int] | None = None) -> tuple | None:
     """Move the viewer to a RoI: per axis, the slice with the largest area of the RoI; the camera is
     centred on it. ``roi`` is a RoI name (or label id); ``ids`` overrides the label ids (joined
     RoIs). Returns the data index moved to, or None when the RoI is empty."""

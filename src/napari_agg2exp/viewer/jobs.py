@@ -51,6 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
     import pandas as pd
 
+    from napari_agg2exp.models.loading import SegmentationModel
+
 __all__ = [
     "Job",
     "evaluate",
@@ -106,7 +108,8 @@ def finish(value: Any) -> Any:
 # model
 
 
-def load_model_job(viewer: napari.Viewer, model=None, *, label_names=None, device: str = "auto",
+def load_model_job(viewer: napari.Viewer, model: SegmentationModel | str | Path | None = None, *,
+                   label_names: str | Path | list[str] | None = None, device: str = "auto",
                    trust_checkpoint: bool = False) -> Job:
     """Job loading a model into the viewer's session (``model=None``: the bundled default)."""
     state = session(viewer)
@@ -129,13 +132,14 @@ def load_model_job(viewer: napari.Viewer, model=None, *, label_names=None, devic
     return Job("Load model", compute, apply)
 
 
-def load_model(viewer: napari.Viewer, model=None, **kwargs):
+def load_model(viewer: napari.Viewer, model: SegmentationModel | str | Path | None = None,
+               **kwargs: Any) -> SegmentationModel:
     """Load a model (folder, ``model.json``, TorchScript with ``label_names``; None = bundled) into
     the session; returns it. Keywords as :func:`load_model_job`."""
     return load_model_job(viewer, model, **kwargs).run()
 
 
-def model_for(state: Session, model):
+def model_for(state: Session, model: SegmentationModel | str | Path | None) -> tuple[SegmentationModel, bool]:
     """(model to use, whether to store it in the session: when it has none) -- called in the worker."""
     if model is not None:
         if isinstance(model, (str, Path)):
@@ -157,7 +161,8 @@ def _load_default():
 # segmentation
 
 
-def segment_job(viewer: napari.Viewer, image=None, model=None, *, overlap: float = 0.25,
+def segment_job(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
+                model: SegmentationModel | str | Path | None = None, *, overlap: float = 0.25,
                 sw_batch_size: int = 1) -> Job:
     """Job segmenting an image layer; ``apply`` returns the prediction Labels layer.
 
@@ -187,7 +192,8 @@ def segment_job(viewer: napari.Viewer, image=None, model=None, *, overlap: float
     return Job(f"Segment {img.name}", compute, apply)
 
 
-def segment(viewer: napari.Viewer, image=None, model=None, **kwargs):
+def segment(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
+            model: SegmentationModel | str | Path | None = None, **kwargs: Any) -> napari.layers.Labels:
     """Segment an image layer; returns the Labels layer ``"<image> prediction"`` (same geometry as the
     image, class names and colours in its ``features``). Keywords as :func:`segment_job`."""
     return segment_job(viewer, image, model, **kwargs).run()
@@ -204,8 +210,9 @@ def explain_parameters(method: str) -> dict[str, Any]:
             if p.kind in (int, float) and p.default is not None and p.name != "internal_batch_size"}
 
 
-def explain_job(viewer: napari.Viewer, image=None, method: str = "vg", targets=None, model=None,
-                *, show: str | None = None, **params) -> Job:
+def explain_job(viewer: napari.Viewer, image: napari.layers.Image | str | None = None, method: str = "vg",
+                targets: Sequence[str | int] | str | None = None, model: SegmentationModel | str | Path | None = None,
+                *, show: str | None = None, **params: Any) -> Job:
     """Job explaining an image layer's segmentation; ``apply`` returns the attribution layers.
 
     Args:
@@ -267,7 +274,9 @@ def explain_job(viewer: napari.Viewer, image=None, method: str = "vg", targets=N
     return Job(f"Explain {img.name} ({explainer.method.title})", compute, apply)
 
 
-def explain(viewer: napari.Viewer, image=None, method: str = "vg", targets=None, model=None, **kwargs) -> list:
+def explain(viewer: napari.Viewer, image: napari.layers.Image | str | None = None, method: str = "vg",
+            targets: Sequence[str | int] | str | None = None, model: SegmentationModel | str | Path | None = None,
+            **kwargs: Any) -> list:
     """Explain an image layer's segmentation: one attribution Image layer per class (diverging
     colormap, symmetric contrast limits at the 95th percentile of ``|a|``, blended over the scan),
     plus the prediction layer if missing. Arguments as :func:`explain_job`."""
@@ -305,8 +314,10 @@ def _on_image_grid(labels: Volume, img_shape, img_affine) -> np.ndarray:
     return resample_labels(labels, Volume(np.empty(img_shape, np.uint8), img_affine))
 
 
-def roi_importance_job(viewer: napari.Viewer, image=None, rois=None, *, target: str | None = None,
-                       joins=None, parts: Sequence[str] = ("abs", "pos", "neg")) -> Job:
+def roi_importance_job(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
+                       rois: napari.layers.Labels | str | None = None, *, target: str | None = None,
+                       joins: Mapping[str, Sequence[str]] | None = None,
+                       parts: Sequence[str] = ("abs", "pos", "neg")) -> Job:
     """Job computing local RoI importance (SPEC §4) of an explained image.
 
     Args:
@@ -346,7 +357,8 @@ def roi_importance_job(viewer: napari.Viewer, image=None, rois=None, *, target: 
     return Job(f"RoI importance of {img.name} ({source})", compute, apply)
 
 
-def roi_importance(viewer: napari.Viewer, image=None, rois=None, **kwargs) -> pd.DataFrame:
+def roi_importance(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
+                   rois: napari.layers.Labels | str | None = None, **kwargs: Any) -> pd.DataFrame:
     """Local RoI importance of an explained image; see :func:`roi_importance_job`."""
     return roi_importance_job(viewer, image, rois, **kwargs).run()
 
@@ -355,8 +367,10 @@ def roi_importance(viewer: napari.Viewer, image=None, rois=None, **kwargs) -> pd
 # explanation quality
 
 
-def evaluate_job(viewer: napari.Viewer, image=None, methods: Sequence[str] | str = ("vg",),
-                 metrics: Sequence[str] | str | None = None, targets=None, model=None, *,
+def evaluate_job(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
+                 methods: Sequence[str] | str = ("vg",), metrics: Sequence[str] | str | None = None,
+                 targets: Sequence[str | int] | str | None = None,
+                 model: SegmentationModel | str | Path | None = None, *,
                  n_subsets: int = 100, subset_size: int | None = None, n_noise: int = 3, threshold: float = 0.1,
                  seed: int = 0, method_params: Mapping[str, Mapping[str, Any]] | None = None) -> Job:
     """Job scoring attribution methods on an image layer (SPEC §6, :mod:`napari_agg2exp.evaluation`).
@@ -398,6 +412,7 @@ def evaluate_job(viewer: napari.Viewer, image=None, methods: Sequence[str] | str
     return Job(f"Evaluate explanations of {img.name}", compute, apply)
 
 
-def evaluate(viewer: napari.Viewer, image=None, methods: Sequence[str] | str = ("vg",), **kwargs) -> pd.DataFrame:
+def evaluate(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
+             methods: Sequence[str] | str = ("vg",), **kwargs: Any) -> pd.DataFrame:
     """Explanation-quality metrics of an image layer; see :func:`evaluate_job`."""
     return evaluate_job(viewer, image, methods, **kwargs).run()

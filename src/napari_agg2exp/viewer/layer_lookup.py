@@ -33,14 +33,14 @@ __all__ = [
 META = "agg2exp"
 
 
-def provenance(layer) -> dict:
+def provenance(layer: napari.layers.Layer) -> dict:
     """The provenance dict of a layer made by the plugin (empty for other layers)."""
     md = getattr(layer, "metadata", None) or {}
     info = md.get(META)
     return info if isinstance(info, dict) else {}
 
 
-def layer_kind(layer) -> str | None:
+def layer_kind(layer: napari.layers.Layer) -> str | None:
     """``"prediction"`` or ``"attribution"`` for layers made by the plugin, else None."""
     return provenance(layer).get("kind")
 
@@ -52,7 +52,7 @@ def image_layers(viewer: napari.Viewer) -> list:
     return [ly for ly in viewer.layers if isinstance(ly, Image) and layer_kind(ly) is None and not ly.rgb]
 
 
-def get_image_layer(viewer: napari.Viewer, image=None):
+def get_image_layer(viewer: napari.Viewer, image: napari.layers.Image | str | None = None) -> napari.layers.Image:
     """Resolve an image argument: a layer, a layer name, or None (the active scan, else the first).
 
     Raises:
@@ -77,7 +77,7 @@ def get_image_layer(viewer: napari.Viewer, image=None):
     return image
 
 
-def find_layer(viewer, kind: str, image_name: str, **match):
+def find_layer(viewer: napari.Viewer, kind: str, image_name: str, **match: Any) -> napari.layers.Layer | None:
     """The first layer of ``kind`` made for the image ``image_name`` whose provenance has ``match``
     (None if there is none)."""
     for ly in viewer.layers:
@@ -87,18 +87,20 @@ def find_layer(viewer, kind: str, image_name: str, **match):
     return None
 
 
-def prediction_layer(viewer: napari.Viewer, image=None):
+def prediction_layer(viewer: napari.Viewer,
+                     image: napari.layers.Image | str | None = None) -> napari.layers.Labels | None:
     """The prediction Labels layer of an image (None if it has not been segmented)."""
     img = get_image_layer(viewer, image)
     return find_layer(viewer, "prediction", img.name)
 
 
-def all_attribution_layers(viewer, image_name: str) -> list:
+def all_attribution_layers(viewer: napari.Viewer, image_name: str) -> list:
     """Every attribution layer of the image ``image_name`` (all targets and methods)."""
     return [ly for ly in viewer.layers if layer_kind(ly) == "attribution" and provenance(ly).get("image") == image_name]
 
 
-def attribution_layers(viewer: napari.Viewer, image=None, method: str | None = None) -> dict[str, Any]:
+def attribution_layers(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
+                       method: str | None = None) -> dict[str, Any]:
     """Target class -> attribution Image layer of an image, for one method (default: the method
     the image was last explained with in this session, else the topmost map's)."""
     img = get_image_layer(viewer, image)
@@ -112,7 +114,7 @@ def attribution_layers(viewer: napari.Viewer, image=None, method: str | None = N
     return {provenance(ly)["target"]: ly for ly in maps if provenance(ly).get("method") == method}
 
 
-def feature_names(layer) -> dict[int, str]:
+def feature_names(layer: napari.layers.Labels) -> dict[int, str]:
     """RoI names of a Labels layer from its features (``class_name`` or ``name``; by ``index``)."""
     f = layer.features
     col = next((c for c in ("class_name", "name", "roi", "label_name") if c in f.columns), None)
@@ -123,7 +125,7 @@ def feature_names(layer) -> dict[int, str]:
     return names
 
 
-def roi_label_ids(layer, roi: str) -> list[int]:
+def roi_label_ids(layer: napari.layers.Labels, roi: str) -> list[int]:
     """Label ids of a RoI name in a Labels layer (``label_<id>`` for unnamed labels)."""
     names = provenance(layer).get("class_names") if layer_kind(layer) == "prediction" else None
     names = dict(enumerate(names)) if names else feature_names(layer)

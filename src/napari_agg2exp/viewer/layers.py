@@ -6,12 +6,16 @@ attributes of a layer.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_agg2exp.data.volume import Volume
 from napari_agg2exp.errors import Agg2ExpError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
 
 __all__ = [
     "affine_from_layer_meta",
@@ -53,24 +57,24 @@ def affine_from_layer_meta(meta: dict[str, Any]) -> np.ndarray:
     return aff
 
 
-def labels_features(class_names) -> dict[str, list]:
+def labels_features(class_names: Sequence[str]) -> dict[str, list]:
     return {"index": list(range(len(class_names))), "class_name": list(class_names)}
 
 
-def volume_layer_kwargs(volume: Volume, name: str | None = None, **extra) -> dict[str, Any]:
+def volume_layer_kwargs(volume: Volume, name: str | None = None, **extra: Any) -> dict[str, Any]:
     kw = {"name": name or volume.name, **layer_geometry(volume.affine),
           "metadata": {"affine": volume.affine.tolist(), "source_name": volume.name}}
     kw.update(extra)
     return kw
 
 
-def layer_affine(layer) -> np.ndarray:
+def layer_affine(layer: napari.layers.Layer) -> np.ndarray:
     """Voxel-to-world affine of a layer: the source file's when known, else the layer's transform."""
     return affine_from_layer_meta({"metadata": layer.metadata, "scale": list(layer.scale),
                                    "translate": list(layer.translate), "affine": layer.affine.affine_matrix})
 
 
-def layer_volume(layer) -> Volume:
+def layer_volume(layer: napari.layers.Layer) -> Volume:
     """A layer's data as a :class:`~napari_agg2exp.data.volume.Volume` (no copy for numpy data).
 
     Raises:
@@ -88,7 +92,7 @@ def layer_volume(layer) -> Volume:
     return Volume(data, layer_affine(layer), layer.name)
 
 
-def grid_kwargs(layer) -> dict[str, Any]:
+def grid_kwargs(layer: napari.layers.Layer) -> dict[str, Any]:
     """napari keywords putting a new layer exactly on ``layer``'s grid."""
     return {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "rotate": layer.rotate,
             "shear": layer.shear, "affine": layer.affine.affine_matrix}

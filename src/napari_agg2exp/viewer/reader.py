@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +17,9 @@ __all__ = ["napari_get_reader", "read_nifti"]
 _LABEL_NAME = re.compile(r"(label|seg|mask|pred|prediction|pathology|roi)", re.IGNORECASE)
 
 
-def napari_get_reader(path):
+def napari_get_reader(
+    path: str | Path | list[str | Path],
+) -> Callable[[str | Path | list[str | Path]], list[tuple[np.ndarray, dict[str, Any], str]]] | None:
     """Return a reader for a NIfTI path, or ``None`` (never raises)."""
     if isinstance(path, list):
         if not path or not all(isinstance(p, (str, Path)) for p in path):
@@ -38,7 +42,7 @@ def _looks_like_labels(name: str, data: np.ndarray) -> bool:
     return np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize == 1
 
 
-def read_nifti(path):
+def read_nifti(path: str | Path | list[str | Path]) -> list[tuple[np.ndarray, dict[str, Any], str]]:
     """Read one or more NIfTI files into napari LayerData tuples."""
     paths = path if isinstance(path, list) else [path]
     layers = []

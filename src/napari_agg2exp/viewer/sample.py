@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from napari_agg2exp.data.labels import PATHOLOGY_LABELS, THORAX_LABELS
 from napari_agg2exp.data.phantom.cases import make_phantom
 from napari_agg2exp.viewer.layers import labels_features, volume_layer_kwargs
 
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
 __all__ = ["make_phantom_sample"]
 
 
-def make_phantom_sample(seed: int = 90210):
+def make_phantom_sample(seed: int = 90210) -> list[tuple[np.ndarray, dict[str, Any], str]]:
     case = make_phantom(seed)
     image, labels, pathology = case.volumes()
     return [

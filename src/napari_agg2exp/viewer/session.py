@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
     import pandas as pd
 
+    from napari_agg2exp.models.loading import SegmentationModel
+
 __all__ = ["Session", "session"]
 
 
@@ -56,7 +58,7 @@ class Session:
         self.busy: str | None = None
         self.prepared: dict[str, PreparedCase] = {}
 
-    def set_model(self, model) -> None:
+    def set_model(self, model: SegmentationModel) -> None:
         self.model = model
         self.prepared.clear()
         self.model_changed.emit(model)
@@ -70,7 +72,7 @@ class Session:
         self.busy = title
         self.busy_changed.emit(title)
 
-    def prepared_for(self, name: str, model, volume: Volume) -> PreparedCase | None:
+    def prepared_for(self, name: str, model: SegmentationModel, volume: Volume) -> PreparedCase | None:
         """The prepared case of image ``name`` if it was made with ``model`` from this very scan."""
         p = self.prepared.get(name)
         if p is None or p.model is not model or p.image.shape != volume.shape:

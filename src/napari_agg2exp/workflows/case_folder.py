@@ -188,7 +188,9 @@ class CaseFolder:
     def write_quality(self, table: pd.DataFrame) -> Path:
         return write_table(table, self._written(QUALITY_TABLE))
 
-    def inputs_record(self, image=None, ground_truth=None, rois=None) -> dict[str, str]:
+    def inputs_record(self, image: Volume | str | os.PathLike | None = None,
+                      ground_truth: Volume | str | os.PathLike | None = None,
+                      rois: Volume | str | os.PathLike | None = None) -> dict[str, str]:
         """The input files as recorded (relative paths); volumes given in memory are not recorded."""
         given = {"image": image, "ground_truth": ground_truth, "rois": rois}
         return {k: self.relative(v) for k, v in given.items() if isinstance(v, (str, os.PathLike))}

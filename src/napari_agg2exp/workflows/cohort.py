@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,7 @@ def run_cohort(
     retry_failed: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
-    log=print,
+    log: Callable[[str], Any] = print,
 ) -> CohortSummary:
     """Run every pending case of a manifest as one Dask task each.
 

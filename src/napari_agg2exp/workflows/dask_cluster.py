@@ -6,10 +6,15 @@ so the rest of the package works without them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.malloc_tuning import MALLOC_ENV, malloc_tuning_enabled
+
+if TYPE_CHECKING:
+    from distributed import Client, LocalCluster
 
 __all__ = ["local_cluster", "worker_device", "connect"]
 
@@ -31,7 +36,7 @@ def worker_device(device: str) -> str:
     return f"cuda:{idx % n}"
 
 
-def local_cluster(n_workers: int, threads_per_worker: int):
+def local_cluster(n_workers: int, threads_per_worker: int) -> LocalCluster:
     """A LocalCluster of single-threaded worker processes, one case at a time each.
 
     Dask spawns workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (give freed memory back at once); for
@@ -51,7 +56,8 @@ def local_cluster(n_workers: int, threads_per_worker: int):
                             env={"OMP_NUM_THREADS": str(threads_per_worker)})
 
 
-def connect(scheduler: str | None, n_workers: int | None, threads_per_worker: int):
+def connect(scheduler: str | None, n_workers: int | None,
+            threads_per_worker: int) -> tuple[LocalCluster | None, Client]:
     """``(cluster or None, client)``: a running scheduler's client, or a new LocalCluster's.
 
     Raises:

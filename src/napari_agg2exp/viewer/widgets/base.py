@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QBoxLayout,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
@@ -32,7 +33,7 @@ __all__ = ["LayerCombo", "PluginWidget", "notify_error", "plain_viewer", "run_ro
 log = logging.getLogger(__name__)
 
 
-def plain_viewer(viewer):
+def plain_viewer(viewer: napari.Viewer) -> napari.Viewer:
     """The viewer itself from the public-only proxy napari hands to plugin widgets.
 
     The proxy makes a new wrapper at each attribute access, so layers fetched through it are never
@@ -66,7 +67,7 @@ class PluginWidget(QWidget):
         return lay, form
 
 
-def run_row(parent_layout, run_text: str = "Run") -> tuple[QPushButton, QPushButton, QLabel]:
+def run_row(parent_layout: QBoxLayout, run_text: str = "Run") -> tuple[QPushButton, QPushButton, QLabel]:
     """A Run / Cancel button row and a status line under it."""
     run, cancel = QPushButton(run_text), QPushButton("Cancel")
     row = QHBoxLayout()
@@ -89,7 +90,8 @@ class LayerCombo(QComboBox):
         extra: fixed entries listed first (e.g. ``"prediction"``).
     """
 
-    def __init__(self, viewer: napari.Viewer, accept: Callable[[Any], bool], extra: tuple[str, ...] = (), parent=None):
+    def __init__(self, viewer: napari.Viewer, accept: Callable[[Any], bool], extra: tuple[str, ...] = (),
+                 parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer, self.accept, self.extra = viewer, accept, extra
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -104,7 +106,7 @@ class LayerCombo(QComboBox):
     def names(self) -> list[str]:
         return [self.itemText(i) for i in range(self.count())]
 
-    def refresh(self, *_) -> None:
+    def refresh(self, *_: Any) -> None:
         try:
             current = self.currentText()
             wanted = list(self.extra) + [ly.name for ly in self.viewer.layers if self.accept(ly)]
@@ -129,7 +131,7 @@ class LayerCombo(QComboBox):
         except RuntimeError:
             pass
 
-    def layer(self):
+    def layer(self) -> napari.layers.Layer | None:
         name = self.currentText()
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
 

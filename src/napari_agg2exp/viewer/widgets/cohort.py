@@ -8,6 +8,7 @@ that class in the other widgets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,12 +40,17 @@ from napari_agg2exp.viewer.widgets.figure import FigureView
 from napari_agg2exp.viewer.widgets.runner import Runner
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import napari
+    import networkx as nx
+    from matplotlib.figure import Figure
+    from napari.qt.threading import FunctionWorker
 
 __all__ = ["CohortGraphWidget", "node_artists"]
 
 
-def node_artists(fig, graph) -> dict[str, object]:
+def node_artists(fig: Figure, graph: nx.DiGraph) -> dict[str, object]:
     """Node name -> its marker artist in a :func:`~napari_agg2exp.report.cohort_figures.graph_figure`.
 
     ``graph_figure`` draws one scatter marker and then one label per node, in the same order.
@@ -134,7 +140,7 @@ class CohortGraphWidget(PluginWidget):
         if folder:
             self.load([folder])
 
-    def load(self, paths) -> None:
+    def load(self, paths: Sequence[str | Path]) -> None:
         try:
             load_tables(self.viewer, paths)
         except Exception as e:  # noqa: BLE001 - shown as a notification
@@ -151,14 +157,15 @@ class CohortGraphWidget(PluginWidget):
         if folder:
             self.run_cohort(folder)
 
-    def run_cohort(self, images=None):
+    def run_cohort(self,
+                   images: Sequence[napari.layers.Image | str] | str | Path | None = None) -> FunctionWorker | None:
         """Explain every scan (open layers or a folder) and draw; returns the worker (None if refused)."""
         method = self._method.currentData()
         return self.runner.start(lambda: cohort_job(self.viewer, images, method),
                                  on_done=lambda _t: self.draw())
 
     # ---- drawing
-    def draw(self, part: str | None = None, keep_mass: float | None = None):
+    def draw(self, part: str | None = None, keep_mass: float | None = None) -> GraphResult | None:
         """Draw the graph and the distribution of the current table; returns the GraphResult (None on error)."""
         if part is not None:
             self._part.setCurrentText(part)

@@ -6,6 +6,7 @@ Methods and metrics are listed from their registries (:data:`~napari_agg2exp.att
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +35,8 @@ from napari_agg2exp.viewer.widgets.segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+    import pandas as pd
+    from napari.qt.threading import FunctionWorker
 
 __all__ = ["EvaluateWidget"]
 
@@ -131,13 +134,13 @@ class EvaluateWidget(PluginWidget):
         except RuntimeError:
             pass
 
-    def set_methods(self, keys) -> None:
+    def set_methods(self, keys: Iterable[str]) -> None:
         _set_checked(self._methods, keys)
 
-    def set_metrics(self, keys) -> None:
+    def set_metrics(self, keys: Iterable[str]) -> None:
         _set_checked(self._metrics, keys)
 
-    def run(self):
+    def run(self) -> FunctionWorker | None:
         """Evaluate in a worker; returns the worker (None if refused)."""
         image = self._image.layer()
         methods, metrics = _checked(self._methods), _checked(self._metrics)
@@ -152,7 +155,7 @@ class EvaluateWidget(PluginWidget):
 
         return self.runner.start(make, on_done=self.show_table)
 
-    def show_table(self, table) -> None:
+    def show_table(self, table: pd.DataFrame) -> None:
         self.table = table
         wide = metric_table(table)
         metric_cols = [c for c in wide.columns if c not in ("method", "target")]

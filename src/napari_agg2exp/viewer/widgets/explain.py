@@ -31,12 +31,16 @@ from napari_agg2exp.viewer.widgets.runner import Runner
 from napari_agg2exp.viewer.widgets.segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable
+
     import napari
+    from magicgui.widgets.bases import ValueWidget
+    from napari.qt.threading import FunctionWorker
 
 __all__ = ["ExplainWidget", "parameter_widget"]
 
 
-def parameter_widget(name: str, default: Any):
+def parameter_widget(name: str, default: Any) -> ValueWidget:
     """A magicgui value widget for one method parameter (wide numeric ranges)."""
     from magicgui.widgets import create_widget
 
@@ -118,7 +122,7 @@ class ExplainWidget(PluginWidget):
     def parameters(self) -> dict[str, Any]:
         return {w.name: w.value for w in self._params}
 
-    def set_parameter(self, name: str, value) -> None:
+    def set_parameter(self, name: str, value: Any) -> None:
         self._params[name].value = value
 
     # ---- classes
@@ -157,7 +161,7 @@ class ExplainWidget(PluginWidget):
         for item in self._items():
             item.setCheckState(Qt.CheckState.Checked if pred(item.text()) else Qt.CheckState.Unchecked)
 
-    def set_targets(self, names) -> None:
+    def set_targets(self, names: Iterable[str]) -> None:
         wanted = set(names)
         self._check(wanted.__contains__)
 
@@ -184,7 +188,7 @@ class ExplainWidget(PluginWidget):
             pass
 
     # ---- run
-    def run(self):
+    def run(self) -> FunctionWorker | None:
         """Explain the chosen image in a worker; returns the worker (None if refused)."""
         image = self._image.layer()
         method = self.method

@@ -13,6 +13,7 @@ from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+    from matplotlib.figure import Figure
 
 __all__ = ["FigureView", "style_figure", "theme_colours"]
 
@@ -29,7 +30,7 @@ def theme_colours(viewer: napari.Viewer) -> dict[str, str]:
             "highlight": t.highlight.as_hex()}
 
 
-def style_figure(fig, colours: dict[str, str]) -> None:
+def style_figure(fig: Figure, colours: dict[str, str]) -> None:
     """Re-colour a matplotlib figure for the napari theme (background, text, axes, legends)."""
     bg, fg = colours["background"], colours["text"]
     fig.patch.set_facecolor(bg)
@@ -50,7 +51,7 @@ def style_figure(fig, colours: dict[str, str]) -> None:
 class FigureView(QWidget):
     """Shows a matplotlib Figure (Qt canvas) following napari's theme; swap figures with :meth:`show_figure`."""
 
-    def __init__(self, viewer: napari.Viewer, parent=None, min_height: int = 260):
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None, min_height: int = 260):
         super().__init__(parent)
         self.viewer = viewer
         self.canvas = None
@@ -62,7 +63,7 @@ class FigureView(QWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         viewer.events.theme.connect(self._restyle)
 
-    def show_figure(self, fig, on_pick: Callable | None = None, on_click: Callable | None = None,
+    def show_figure(self, fig: Figure, on_pick: Callable | None = None, on_click: Callable | None = None,
                     layout: str | None = "tight") -> None:
         """Show ``fig``; ``layout`` (a matplotlib layout engine) re-fits it whenever the dock is resized."""
         if layout:

@@ -14,13 +14,16 @@ from napari_agg2exp.viewer.widgets.runner import Runner
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+    from napari.qt.threading import FunctionWorker
+
+    from napari_agg2exp.models.loading import SegmentationModel
 
 __all__ = ["ModelWidget"]
 
 SOURCES = ("Bundled default", "Model folder", "TorchScript + labels")
 
 
-def describe_model(model) -> str:
+def describe_model(model: SegmentationModel | None) -> str:
     if model is None:
         return "No model loaded (Segment / Explain load the bundled default when needed)."
     names = ", ".join(model.class_names)
@@ -76,7 +79,7 @@ class ModelWidget(PluginWidget):
             w.native.setVisible(shown)
             lab.setVisible(shown)
 
-    def load(self):
+    def load(self) -> FunctionWorker | None:
         """Load the chosen model in a worker; returns the worker (None if refused)."""
         src = self._source.currentText()
         device = self._device.currentText()

@@ -37,6 +37,8 @@ from napari_agg2exp.viewer.widgets.segment import is_scan
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+    import pandas as pd
+    from napari.qt.threading import FunctionWorker
 
 __all__ = ["RoiImportanceWidget", "bar_figure"]
 
@@ -50,7 +52,7 @@ def _is_roi_layer(layer) -> bool:
     return isinstance(layer, Labels) and layer_kind(layer) != "prediction"
 
 
-def bar_figure(rows, measure: str, part: str, target: str, highlight: str | None = None):
+def bar_figure(rows: pd.DataFrame, measure: str, part: str, target: str, highlight: str | None = None) -> Figure:
     """Horizontal bar chart of one target's RoI importance (rows from
     :func:`~napari_agg2exp.viewer.display.roi_table`)."""
     names = list(rows["roi"])
@@ -141,10 +143,10 @@ class RoiImportanceWidget(PluginWidget):
         self._sources_changed()
 
     # ---- sources
-    def image_layer(self):
+    def image_layer(self) -> napari.layers.Image | None:
         return self._image.layer()
 
-    def roi_layer(self):
+    def roi_layer(self) -> napari.layers.Labels | None:
         """The Labels layer holding the RoIs (the prediction layer for ``prediction``), or None."""
         img = self.image_layer()
         if self._rois.currentText() == "prediction":
@@ -200,7 +202,7 @@ class RoiImportanceWidget(PluginWidget):
             self._timer.start()  # restarted by each event: one run after the last stroke
 
     # ---- compute
-    def compute(self):
+    def compute(self) -> FunctionWorker | None:
         """Compute the local importance in a worker (queued after a running one)."""
         if self.runner.running:
             self._dirty = True
@@ -219,7 +221,7 @@ class RoiImportanceWidget(PluginWidget):
             QTimer.singleShot(0, self.compute)
 
     # ---- display
-    def rows(self):
+    def rows(self) -> pd.DataFrame | None:
         target = self._target.currentText()
         if self.table is None or not target:
             return None
@@ -258,7 +260,7 @@ class RoiImportanceWidget(PluginWidget):
             pass
 
     # ---- navigation
-    def go_to(self, roi: str):
+    def go_to(self, roi: str) -> tuple | None:
         layer = self.roi_layer()
         if layer is None:
             return None

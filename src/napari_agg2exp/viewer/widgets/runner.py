@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_info, show_warning
@@ -25,6 +25,7 @@ from napari_agg2exp.viewer.widgets.base import notify_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+    from napari.qt.threading import FunctionWorker
 
 __all__ = ["PROGRESS_POLL_MS", "Runner"]
 
@@ -44,8 +45,8 @@ class Runner(QObject):
         exclusive: take the session's busy flag (model runs); ``False`` for light jobs.
     """
 
-    def __init__(self, viewer: napari.Viewer, parent: QWidget, run_buttons=(), cancel_button: QPushButton | None = None,
-                 status: QLabel | None = None, exclusive: bool = True):
+    def __init__(self, viewer: napari.Viewer, parent: QWidget, run_buttons: Iterable[QPushButton] = (),
+                 cancel_button: QPushButton | None = None, status: QLabel | None = None, exclusive: bool = True):
         super().__init__(parent)
         self.viewer = viewer
         self.state = session(viewer)
@@ -75,7 +76,8 @@ class Runner(QObject):
         """A job is computing or its result is being added to the viewer."""
         return self.worker is not None or self._steps is not None
 
-    def start(self, job: Job | Callable[[], Job], on_done: Callable[[Any], None] | None = None):
+    def start(self, job: Job | Callable[[], Job],
+              on_done: Callable[[Any], None] | None = None) -> FunctionWorker | None:
         """Start a job (or a function making one: its user errors become notifications).
 
         Returns the worker, or None when refused (already running) or the job could not be made.

@@ -14,11 +14,12 @@ from napari_agg2exp.viewer.widgets.runner import Runner
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+    from napari.qt.threading import FunctionWorker
 
 __all__ = ["SegmentWidget", "is_scan"]
 
 
-def is_scan(layer) -> bool:
+def is_scan(layer: napari.layers.Layer) -> bool:
     """A 3D scan: an Image layer that is not an attribution map of this plugin."""
     from napari.layers import Image
 
@@ -48,7 +49,7 @@ class SegmentWidget(PluginWidget):
         self._run.clicked.connect(self.run)
         self.state.model_changed.connect(self._model_changed)
 
-    def run(self):
+    def run(self) -> FunctionWorker | None:
         """Segment the chosen image in a worker; returns the worker (None if refused)."""
         image = self._image.layer()
         overlap = self._overlap.value()

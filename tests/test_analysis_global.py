@@ -135,10 +135,11 @@ def test_global_part_filter():
 
 def hand_made():
     rows = [
-        # target heart: heaviest non-self edges 0.20, 0.10, 0.05 (cum 0.35), 0.04 (cum 0.39)
+        # target heart: candidates (no background, no self-edge) 0.20, 0.10, 0.05, 0.04 (sum 0.39): shares
+        # 0.513, 0.256, 0.128, 0.103, cumulative 0.513, 0.769, 0.897, 1
         ("heart", "heart", 0.40), ("heart", "background", 0.21), ("heart", "aorta", 0.20),
         ("heart", "ribs", 0.10), ("heart", "nodule", 0.05), ("heart", "vertebrae", 0.04),
-        # target ribs: one RoI alone exceeds keep_mass -> it is still kept (min_edges=1)
+        # target ribs: candidates 0.50, 0.15, 0.05 (sum 0.70): cumulative shares 0.714, 0.929, 1
         ("ribs", "ribs", 0.30), ("ribs", "vertebrae", 0.50), ("ribs", "heart", 0.15), ("ribs", "aorta", 0.05),
         # target aorta: zero and missing weights never make edges
         ("aorta", "aorta", 0.9), ("aorta", "heart", 0.1), ("aorta", "ribs", 0.0), ("aorta", "nodule", np.nan),
@@ -150,10 +151,12 @@ def hand_made():
 
 
 def test_pruning_rule_on_a_hand_made_table():
-    g = importance_graph(hand_made(), keep_mass=0.35)
-    assert sorted(g.in_edges("heart")) == sorted([("aorta", "heart"), ("ribs", "heart"), ("nodule", "heart")])
-    assert list(g.in_edges("ribs")) == [("vertebrae", "ribs")]
-    assert list(g.in_edges("aorta")) == [("heart", "aorta")]
+    # keep_mass is a cumulative share among each target's candidates (background and self excluded)
+    g = importance_graph(hand_made(), keep_mass=0.8)
+    assert sorted(g.in_edges("heart")) == sorted([("aorta", "heart"), ("ribs", "heart")])  # 0.769 <= 0.8
+    assert list(g.in_edges("ribs")) == [("vertebrae", "ribs")]  # 0.929 > 0.8
+    assert list(g.in_edges("aorta")) == [("heart", "aorta")]  # the heaviest is always kept
+    assert (g.graph["rule"], g.graph["kept"], g.graph["candidates"]) == ("keep_mass", 4, 8)
     assert "background" not in g
     assert not any(u == v for u, v in g.edges)
     assert g.edges["aorta", "heart"]["weight"] == pytest.approx(0.20)
@@ -161,8 +164,9 @@ def test_pruning_rule_on_a_hand_made_table():
     assert g.nodes["nodule"]["kind"] == "roi" and g.nodes["heart"]["kind"] == "class"
     assert g.nodes["heart"]["group"] == "cardiovascular" and g.nodes["ribs"]["group"] == "bones"
     assert g.nodes["nodule"]["group"] == "other"
-    # a larger threshold keeps the next edge; min_edges=0 drops the lone heavy edge
-    assert ("vertebrae", "heart") in importance_graph(hand_made(), keep_mass=0.40).edges
+    # a larger share keeps the next edges; min_edges=0 drops the lone heavy edge
+    assert ("nodule", "heart") in importance_graph(hand_made(), keep_mass=0.90).edges
+    assert ("vertebrae", "heart") not in importance_graph(hand_made(), keep_mass=0.90).edges
     assert importance_graph(hand_made(), keep_mass=0.35, min_edges=0).in_degree("ribs") == 0
     assert ("heart", "heart") in importance_graph(hand_made(), keep_mass=0.5, self_loops=True).edges
     groups = {"nodule": "pathology"}
@@ -170,7 +174,7 @@ def test_pruning_rule_on_a_hand_made_table():
 
 
 def test_prune_edges_validates_threshold():
-    assert prune_edges({"a": 0.1, "b": 0.1, "c": 0.3}, 0.2) == ["c"]
+    assert prune_edges({"a": 0.1, "b": 0.1, "c": 0.3}, 0.2) == ["c"]  # shares 0.6, 0.2, 0.2
     assert prune_edges({"b": 0.1, "a": 0.1}, 0.15) == ["a"]  # ties by name
     with pytest.raises(Agg2ExpError, match="keep_mass"):
         prune_edges({}, 1.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -80,6 +81,34 @@ def test_evaluate_manifest_several_cases(tmp_path, tiny_thorax_model_dir, cohort
     assert set(pd.read_csv(out / "quality.csv")["case"]) == {"p0", "p1"}
 
 
+def test_evaluate_deletion_insertion_writes_curves(tmp_path, tiny_thorax_model_dir, cohort, capsys):
+    out = tmp_path / "eval"
+    rc = main(["evaluate", str(cohort / "case_0000" / "image.nii.gz"), "--model", str(tiny_thorax_model_dir),
+               "--methods", "vg,ig", "--metrics", "deletion,insertion", "--classes", "heart", "--case", "c0",
+               "--curve-step", "12.5%", "--out", str(out), *FAST])
+    assert rc == 0
+    df = pd.read_csv(out / "metrics.csv")
+    assert len(df) == 2 * 1 * 2 and set(df["metric"]) == {"deletion", "insertion"} and df["value"].notna().all()
+    cur = pd.read_csv(out / "curves.csv")
+    assert list(cur.columns) == ["case", "method", "target", "metric", "step", "fraction", "score"]
+    assert len(cur) == 2 * 1 * 2 * 9 and set(cur["case"]) == {"c0"} and cur["step"].max() == 8
+    for (method, metric), g in cur.groupby(["method", "metric"]):
+        v = df[(df["method"] == method) & (df["metric"] == metric)]["value"].iloc[0]
+        s = g["score"].to_numpy()
+        expected = np.mean(1 - s[1:]) if metric == "deletion" else np.trapezoid(s, g["fraction"].to_numpy())
+        assert v == pytest.approx(expected, abs=1e-6)
+    md = (out / "metrics.md").read_text()
+    assert "Deletion AOPC ↑" in md and "Insertion AUC ↑" in md and "- curve step (asked): 0.125" in md
+    info = json.loads((out / "evaluation_info.json").read_text())
+    assert info["cases"][0]["curve_step"] == 1000  # 12.5 % of the 20³ model grid (padded to the window)
+    assert "curves.csv" in capsys.readouterr().out
+    # without a curve metric, no curves.csv
+    out2 = tmp_path / "eval2"
+    assert main(["evaluate", str(cohort / "case_0000" / "image.nii.gz"), "--model", str(tiny_thorax_model_dir),
+                 "--methods", "vg", "--metrics", "complexity", "--classes", "heart", "--out", str(out2), *FAST]) == 0
+    assert not (out2 / "curves.csv").exists()
+
+
 def test_compare_two_models_dice_and_anova(tmp_path, tiny_thorax_model_dir, second_model_dir, cohort, capsys):
     out = tmp_path / "cmp"
     rc = main(["compare", str(tiny_thorax_model_dir), str(second_model_dir), "--data", str(cohort),
@@ -110,6 +139,9 @@ def test_compare_two_models_dice_and_anova(tmp_path, tiny_thorax_model_dir, seco
     (["--samples", "lots"], ["--samples"]),
     (["--classes", "hart"], ["unknown class 'hart'", "heart"]),
     (["--threshold", "2"], ["--threshold"]),
+    (["--curve-step", "1.5"], ["--curve-step", "'1.5'"]),
+    (["--curve-step", "lots"], ["--curve-step"]),
+    (["--curve-steps", "0"], ["--curve-steps"]),
 ])
 def test_evaluate_bad_options(tmp_path, tiny_thorax_model_dir, cohort, capsys, args, fragments):
     out = tmp_path / "eval"

@@ -14,9 +14,13 @@ from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
 from napari_agg2exp.evaluation.compare import anova_table, comparison_markdown, dice_table, mean_dice_table
 from napari_agg2exp.evaluation.metrics import (
     average_sensitivity,
+    curve_step_size,
+    deletion_aopc,
     effective_complexity,
     faithfulness_correlation,
+    insertion_auc,
     normalise_by_max,
+    perturbation_curves,
     random_subsets,
     randomise_network,
     rank_correlation,
@@ -24,6 +28,7 @@ from napari_agg2exp.evaluation.metrics import (
     uniform_noise,
 )
 from napari_agg2exp.evaluation.evaluate import (
+    curve_table,
     evaluate_case,
     look_up_metric,
     make_perturbations,
@@ -230,6 +235,129 @@ def test_randomise_network_covers_parameters_without_reset(tiny_thorax):
     trained = tiny_thorax[0].network  # trained weights: every parameter gets a new value
     r = randomise_network(trained, seed=0)
     assert all(not torch.equal(p, q) for p, q in zip(trained.parameters(), r.parameters()))
+
+
+# ---------------------------------------------------------------- deletion / insertion curves
+
+
+def _linear_curves_by_hand(net, x, labels, c, a, counts, baseline):
+    """Deletion and insertion scores of class c for the linear model, from the ranking alone (numpy).
+
+    f_c(x') = Σ_{v∈M_c} (w_c x'_v + b_c), so removing the ranked voxels R_n = order[:n] gives
+    f_c(x_n) = f_c(x) − w_c Σ_{v∈R_n∩M_c} (x_v − β) and inserting them f_c(x'_n) = f_c(β) + the same sum.
+    """
+    w, b = float(net.w.flatten()[c]), float(net.b.flatten()[c])
+    xf = x.numpy().ravel().astype(np.float64)
+    m = (labels == c).numpy().ravel()
+    order = np.argsort(-a.ravel().astype(np.float64), kind="stable")  # most important first, ties by index
+    gain = np.concatenate([[0.0], np.cumsum(w * ((xf - baseline) * m)[order])])[counts]
+    f_x, f_b = float(np.sum((w * xf + b)[m])), float(np.sum((w * baseline + b) * m))
+    return f_x - gain, f_b + gain, f_x, f_b
+
+
+@pytest.mark.parametrize("baseline", [0.0, 0.3])
+def test_deletion_and_insertion_curves_closed_form_on_linear_model(baseline):
+    from napari_agg2exp.attribution import SlidingWindowTarget
+
+    net, x, plan, labels, classes = _linear_setup()
+    n = x.numel()
+    fwd = SlidingWindowTarget(net, plan, labels, classes, sw_batch_size=16)
+    maps = np.random.default_rng(5).normal(size=(len(classes),) + tuple(x.shape)).astype(np.float32)
+    step = 97
+    counts = np.minimum(np.arange(int(np.ceil(n / step)) + 1) * step, n)  # 0, 97, ..., 1067, 1080
+    dele = perturbation_curves(fwd, x, maps, "deletion", step=step, baseline=baseline, batch_size=5)
+    ins = perturbation_curves(fwd, x, 3.0 * maps, "insertion", step=step, baseline=baseline, batch_size=3)
+    np.testing.assert_array_equal(dele.counts, counts)
+    np.testing.assert_allclose(ins.fractions, counts / n)
+    aopc, auc = deletion_aopc(dele), insertion_auc(ins)
+    for k, c in enumerate(classes):
+        f_del, f_ins, f_x, f_b = _linear_curves_by_hand(net, x, labels, c, maps[k], counts, baseline)
+        np.testing.assert_allclose(dele.scores[k], f_del, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(ins.scores[k], f_ins, rtol=1e-4, atol=1e-3)
+        assert dele.clean[k] == pytest.approx(f_x, rel=1e-5) and dele.baseline[k] == pytest.approx(f_b, rel=1e-5)
+        s_del, s_ins = (f_del - f_b) / (f_x - f_b), (f_ins - f_b) / (f_x - f_b)
+        np.testing.assert_allclose(dele.normalised()[k], s_del, atol=1e-4)
+        # AOPC (Samek et al. 2017) normalised: mean over k = 1..L of (f(x) − f(x_k)) / (f(x) − f(β))
+        assert aopc[k] == pytest.approx(np.mean((f_x - f_del[1:]) / (f_x - f_b)), abs=1e-4)
+        # insertion: trapezoid area under the normalised curve over the inserted fraction, / the last fraction
+        assert auc[k] == pytest.approx(np.trapezoid(s_ins, counts / n) / (counts[-1] / n), abs=1e-4)
+        assert s_del[0] == pytest.approx(1) and s_del[-1] == pytest.approx(0, abs=1e-5) and s_ins[0] == 0
+    # linear: inserting what deletion removes gives the mirror curve
+    np.testing.assert_allclose(ins.normalised(), 1 - dele.normalised(), atol=1e-4)
+
+
+def test_ig_ranking_beats_its_reverse_on_linear_model():
+    from napari_agg2exp.attribution import SlidingWindowTarget
+
+    net, x, plan, labels, classes = _linear_setup()
+    fwd = SlidingWindowTarget(net, plan, labels, classes, sw_batch_size=16)
+    ig = attribution_fn(model_grid_case(net, x, (6, 6, 6), 0.5, "gaussian"), "ig", classes, n_steps=3)(x)
+    # IG = w_c x 1[M_c]: the most important voxels carry the score, the reversed ranking removes them last
+    for kind, value in (("deletion", deletion_aopc), ("insertion", insertion_auc)):
+        good = value(perturbation_curves(fwd, x, ig, kind, step=0.05))
+        bad = value(perturbation_curves(fwd, x, -ig, kind, step=0.05))
+        assert np.all(good > bad + 0.2), (kind, good, bad)
+
+
+def test_curve_steps_fractions_caps_and_edge_cases():
+    from napari_agg2exp.attribution import SlidingWindowTarget
+
+    net, x, plan, labels, classes = _linear_setup()  # 1080 voxels
+    fwd = SlidingWindowTarget(net, plan, labels, classes, sw_batch_size=16)
+    maps = np.random.default_rng(1).normal(size=(len(classes),) + tuple(x.shape))
+    assert curve_step_size(0.05, 1080) == 54 and curve_step_size(100, 1080) == 100
+    with pytest.warns(UserWarning, match="too large"):
+        assert curve_step_size(224 * 224, 1080) == 108  # at least 10 steps on a small volume
+    for bad in (0, -3, 1.5, 2.5):
+        with pytest.raises(Agg2ExpError, match="curve step"):
+            curve_step_size(bad, 1080)
+    c = perturbation_curves(fwd, x, maps, "insertion", step=0.25)
+    np.testing.assert_array_equal(c.counts, [0, 270, 540, 810, 1080])
+    capped = perturbation_curves(fwd, x, maps, "insertion", step=0.25, max_steps=2)
+    np.testing.assert_array_equal(capped.counts, [0, 270, 540])
+    np.testing.assert_allclose(capped.scores, c.scores[:, :3], rtol=1e-5)
+    s = capped.normalised()
+    np.testing.assert_allclose(insertion_auc(capped), (s[:, 0] / 2 + s[:, 1] + s[:, 2] / 2) * 0.25 / 0.5, rtol=1e-6)
+    maps[1] = 0
+    d = perturbation_curves(fwd, x, maps, "deletion", step=0.25)
+    assert np.isnan(deletion_aopc(d)[1]) and np.isfinite(deletion_aopc(d)[0])
+    with pytest.raises(ValueError, match="deletion curves"):
+        deletion_aopc(c)
+    with pytest.raises(ValueError, match="insertion curves"):
+        insertion_auc(d)
+    with pytest.raises(Agg2ExpError, match="curve kind"):
+        perturbation_curves(fwd, x, maps, "removal")
+    with pytest.raises(Cancelled):
+        perturbation_curves(fwd, x, maps, "deletion", step=0.25, cancel=lambda: True)
+
+
+def test_evaluate_case_deletion_insertion_keeps_the_curves(tiny_thorax):
+    model, image, _ = tiny_thorax
+    with pytest.warns(UserWarning, match="curve step 50176 is too large"):
+        df = evaluate_case(model, image, "vg,ig", "aopc,insertion,complexity", "heart,vertebrae",
+                           method_params={"ig": {"n_steps": 2}})
+    assert set(df["metric"]) == {"deletion", "insertion", "complexity"} and len(df) == 2 * 2 * 3
+    n_vox = int(np.prod(df.attrs["model_grid"]))
+    assert df.attrs["curve_step"] == n_vox // 10
+    cur = curve_table(df)
+    assert list(cur.columns) == ["case", "method", "target", "metric", "step", "fraction", "score"]
+    assert len(cur) == 2 * 2 * 2 * 11 and cur["score"].notna().all()
+    for (method, target, metric), g in cur.groupby(["method", "target", "metric"]):
+        assert list(g["step"]) == list(range(11)) and g["fraction"].iloc[-1] == 1.0
+        assert g["score"].iloc[0] == pytest.approx(1.0 if metric == "deletion" else 0.0)
+        assert g["score"].iloc[-1] == pytest.approx(0.0 if metric == "deletion" else 1.0, abs=1e-5)
+        s, f = g["score"].to_numpy(), g["fraction"].to_numpy()
+        expected = np.mean(1 - s[1:]) if metric == "deletion" else np.trapezoid(s, f)
+        value = df[(df["method"] == method) & (df["target"] == target) & (df["metric"] == metric)]["value"]
+        assert float(value.iloc[0]) == pytest.approx(expected, abs=1e-9)
+    assert curve_table(evaluate_case(model, image, "vg", "complexity", "heart")).empty
+    md = summary_markdown(df)
+    assert "Deletion AOPC ↑" in md and "Insertion AUC ↑" in md
+    assert look_up_metric("deletion_aopc") == "deletion" and look_up_metric("Insertion") == "insertion"
+    with pytest.raises(Agg2ExpError, match="--curve-step"):
+        evaluate_case(model, image, "vg", "deletion", "heart", curve_step=0)
+    with pytest.raises(Agg2ExpError, match="--curve-steps"):
+        evaluate_case(model, image, "vg", "deletion", "heart", curve_steps=0)
 
 
 # ---------------------------------------------------------------- perturbations

@@ -212,7 +212,9 @@ def test_full_flow_segment_explain_roi_graph(viewer, tiny_model_folder, qtbot, n
     np.testing.assert_allclose(viewer.dims.point[-3:], pred.data_to_world(idx))
     # ... and so does clicking its bar in the chart
     bars = [p for p in roi_w._plot.figure.axes[0].patches if p.get_gid()]
-    bar = bars[-1]
+    present = set(np.unique(pred.data).tolist())
+    # a bar one can click: of a RoI present in the prediction (an empty RoI has no slice), wide enough to hit
+    bar = [b for b in bars if model.class_names.index(b.get_gid()) in present and b.get_width() > 0.02][-1]
     viewer.dims.set_point(range(3), pred.data_to_world((0, 0, 0)))  # away; the click moves it back
     _click(roi_w._plot.canvas, lambda: tuple(bar.get_window_extent().get_points().mean(axis=0)))
     idx = best_slices(pred.data == model.class_names.index(bar.get_gid()))

@@ -36,6 +36,9 @@ _EXPORTS: dict[str, str] = {
     "IntegratedGradients": "napari_agg2exp.attribution.gradient",
     "NoiseTunnel": "napari_agg2exp.attribution.noise_tunnel",
     "KernelShap": "napari_agg2exp.attribution.kernel_shap",
+    "Occlusion": "napari_agg2exp.attribution.perturbation",
+    "FeatureAblation": "napari_agg2exp.attribution.perturbation",
+    "ShapleyValueSampling": "napari_agg2exp.attribution.perturbation",
     "SlidingWindowTarget": "napari_agg2exp.attribution.target",
     "local_importance": "napari_agg2exp.importance.local",
     "global_importance": "napari_agg2exp.importance.global_importance",
@@ -56,6 +59,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from napari_agg2exp.attribution.kernel_shap import KernelShap
     from napari_agg2exp.attribution.methods import METHODS
     from napari_agg2exp.attribution.noise_tunnel import NoiseTunnel
+    from napari_agg2exp.attribution.perturbation import (
+        FeatureAblation,
+        Occlusion,
+        ShapleyValueSampling,
+    )
     from napari_agg2exp.attribution.target import SlidingWindowTarget
     from napari_agg2exp.data.volume import Volume, load_volume, save_volume
     from napari_agg2exp.errors import Agg2ExpError

@@ -4,7 +4,8 @@
   :data:`METHODS` with its parameters, applied to a prepared case).
 - The method classes follow captum: one ``attribute(inputs, target=..., ...)`` each, with a
   :class:`SlidingWindowTarget` as their forward function; :class:`NoiseTunnel` (SmoothGrad) wraps
-  any gradient method.
+  any gradient method; :class:`Occlusion`, :class:`FeatureAblation` and :class:`ShapleyValueSampling`
+  are captum's perturbation methods, scoring perturbed inputs through a :class:`WindowCache`.
 """
 
 from napari_agg2exp.attribution.explainer import Explainer, Explanation, explain
@@ -19,21 +20,34 @@ from napari_agg2exp.attribution.kernel_shap import (
 )
 from napari_agg2exp.attribution.methods import METHODS, Method, Parameter, look_up_method, method_defaults
 from napari_agg2exp.attribution.noise_tunnel import NoiseTunnel, SmoothGrad
-from napari_agg2exp.attribution.target import SlidingWindowTarget
+from napari_agg2exp.attribution.perturbation import (
+    FeatureAblation,
+    FeatureForward,
+    Occlusion,
+    PerturbationDetails,
+    ShapleyValueSampling,
+)
+from napari_agg2exp.attribution.target import SlidingWindowTarget, WindowCache
 
 __all__ = [
     "METHODS",
     "Explainer",
     "Explanation",
+    "FeatureAblation",
+    "FeatureForward",
     "IntegratedGradients",
     "KernelShap",
     "KernelShapDetails",
     "Method",
     "NoiseTunnel",
+    "Occlusion",
     "Parameter",
+    "PerturbationDetails",
     "Saliency",
+    "ShapleyValueSampling",
     "SlidingWindowTarget",
     "SmoothGrad",
+    "WindowCache",
     "cube_feature_mask",
     "exact_shapley",
     "explain",

@@ -2,11 +2,24 @@
 
 Shapley values of ``f_c`` over M features are estimated by weighted least squares with the Shapley
 kernel and the efficiency constraint ``Σ φ = f(x) − f(all removed)`` (Lundberg & Lee, 2017,
-https://arxiv.org/abs/1705.07874). Coalitions follow SHAP's KernelExplainer: whole coalition sizes
-are enumerated with their exact kernel weight while the budget allows (smallest and largest sizes
-first), the rest is sampled from the kernel in complementary pairs. With ``n_samples ≥ 2^M − 2`` every
-coalition is enumerated and the values are exact. One set of coalitions serves every class: each
-perturbed forward pass yields all K scores, and one solve has K right-hand sides.
+https://arxiv.org/abs/1705.07874). One set of coalitions serves every class: each perturbed forward
+pass yields all K scores, and one solve has K right-hand sides.
+
+Coalitions (:func:`sample_coalitions`) follow leverage-score sampling (Musco & Witter, "Provably accurate
+Shapley value estimation via leverage score sampling", ICLR 2025, https://arxiv.org/abs/2410.01917): the
+leverage scores of the constrained regression are equal within a coalition size and sum to the same for
+every size, so sizes 1..M−1 get equal shares of the budget (water-filled: a size with fewer coalitions
+than its share is enumerated whole). Within a size, coalitions are drawn uniformly without replacement and
+weighted by the size's kernel mass over the number drawn (a stratified estimate of the full regression).
+Complementary pairs (antithetic sampling, Covert & Lee, AISTATS 2021, https://arxiv.org/abs/2012.01536)
+make second-order interactions cancel, but a pair adds only one equation under the efficiency constraint:
+coalitions are paired when the budget gives ``PAIRS_PER_UNKNOWN`` (1.1) pairs per unknown, drawn singly
+otherwise (512 cubes: singly below 1126 coalitions). A design short of rank ``min(M − 1, draws)`` is redrawn.
+
+Guarantees: rank M − 1 whenever ``n_samples ≥ M`` (512 cubes, 1000 coalitions: 511, where SHAP's sampler
+reaches 491-498), hence exact values on additive games; every coalition is enumerated, and every game is
+exact, when ``n_samples ≥ 2^M − 2``. :func:`fit_shapley` returns per-feature standard errors (sandwich
+covariance, see there) and warns when the design is rank-deficient.
 """
 
 from __future__ import annotations
@@ -26,11 +39,17 @@ from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.options import look_up_option
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, report
 
-__all__ = ["KernelShap", "KernelShapDetails", "SPREADS", "cube_feature_mask", "shapley_coalitions", "solve_shapley",
-           "exact_shapley"]
+__all__ = ["KernelShap", "KernelShapDetails", "SPREADS", "CoalitionDesign", "ShapleyFit", "cube_feature_mask",
+           "sample_coalitions", "shapley_coalitions", "fit_shapley", "solve_shapley", "exact_shapley"]
 
 #: Per-voxel conventions of a feature's value: spread evenly over its voxels, or the full value on each.
 SPREADS = ("even", "broadcast")
+
+#: Coalitions come in complementary pairs when the budget gives this many pairs per unknown (M − 1), singly
+#: otherwise: a pair adds one equation under the efficiency constraint (see the module docstring).
+PAIRS_PER_UNKNOWN = 1.1
+_REDRAWS = 10
+_ENUMERATE = 20000  # draw from an explicit list of a size's coalitions when there are at most this many
 
 
 def cube_feature_mask(shape: Sequence[int], cubes_per_axis: int = 8) -> np.ndarray:
@@ -48,71 +67,237 @@ def cube_feature_mask(shape: Sequence[int], cubes_per_axis: int = 8) -> np.ndarr
     return (idx[0][:, None, None] * n + idx[1][None, :, None]) * n + idx[2][None, None, :]
 
 
-def _kernel_weight_by_size(M: int) -> np.ndarray:
+
+
+def _kernel_mass_by_size(M: int) -> np.ndarray:
+    """Shapley-kernel mass of all coalitions of size s = 1..M−1 together: (M−1) / (s (M−s))."""
     s = np.arange(1, M)
     return (M - 1) / (s * (M - s))
 
 
-def shapley_coalitions(M: int, n_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Coalitions (n, M) bool and their regression weights (n,), SHAP KernelExplainer style."""
+def _enumerate_all(M: int) -> np.ndarray:
+    """All 2^M coalitions (2^M, M) bool, in ``itertools.product([0, 1], repeat=M)`` order."""
+    return ((np.arange(2**M)[:, None] >> np.arange(M)[::-1]) & 1).astype(bool)
+
+
+@dataclass
+class CoalitionDesign:
+    """Coalitions of a KernelSHAP design, from :func:`sample_coalitions`.
+
+    Attributes:
+        coalitions: (n, M) bool, True = feature kept; neither the full nor the empty coalition.
+        weights: (n,) regression weights: the kernel mass of the coalition's size over the number drawn
+            of that size (the exact kernel weight where a size is enumerated).
+        units: (n,) the independent draw (0..G−1) of each coalition; both halves of a pair share one.
+        sampled_fraction: (G,) fraction of its size's coalitions drawn (1 = enumerated: no sampling error).
+        n_pairs: complementary pairs among the coalitions.
+        rank: rank of the constrained design (full rank: M − 1).
+    """
+
+    coalitions: np.ndarray
+    weights: np.ndarray
+    units: np.ndarray
+    sampled_fraction: np.ndarray
+    n_pairs: int
+    rank: int
+
+
+def _water_fill(caps: np.ndarray, shares: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Integer counts ≤ ``caps`` summing to ``budget``, ∝ ``shares`` below the caps; fractional parts are
+    rounded by systematic sampling (each count keeps its expectation)."""
+    caps, x = np.asarray(caps, float), np.zeros(len(caps))
+    free, left = caps > 0, float(budget)
+    while left > 1e-9 and free.any():
+        want = left / shares[free].sum() * shares
+        hit = free & (want >= caps)
+        if not hit.any():
+            x[free] = want[free]
+            break
+        x[hit], left, free = caps[hit], left - caps[hit].sum(), free & ~hit
+    counts = np.floor(x + 1e-9)
+    extra = int(round(budget - counts.sum()))
+    if extra > 0:
+        order = rng.permutation(len(x))
+        cum = np.cumsum(np.clip(x - counts, 0.0, 1.0)[order])
+        hits = np.searchsorted(cum * (extra / cum[-1]), rng.random() + np.arange(extra), side="right")
+        counts[order[np.unique(np.minimum(hits, len(x) - 1))]] += 1
+    diff = int(budget - counts.sum())  # float round-off only
+    if diff:
+        counts[rng.permutation(np.flatnonzero(counts < caps if diff > 0 else counts > 0))[: abs(diff)]] += np.sign(diff)
+    return counts.astype(np.int64)
+
+
+def _draw(M: int, s: int, k: int, rng: np.random.Generator, seen: set, paired: bool) -> list[np.ndarray]:
+    """``k`` distinct size-``s`` coalitions, uniformly, none in ``seen`` (paired: nor their complements,
+    which are added to ``seen`` with them)."""
+    def key(z):
+        return np.packbits(z).tobytes()
+
+    def new(z):
+        return key(z) not in seen and not (paired and key(~z) in seen)
+
+    if k <= 0:
+        return []
+    if math.comb(M, s) <= max(_ENUMERATE, 4 * (k + len(seen))):  # pick from the list of all
+        combos = np.array(list(itertools.combinations(range(M), s)))
+        cand = np.zeros((len(combos), M), bool)
+        cand[np.arange(len(combos))[:, None], combos] = True
+        if paired and 2 * s == M:
+            cand = cand[cand[:, 0]]  # one of each complementary pair
+        free = [i for i, z in enumerate(cand) if new(z)]
+        out = list(cand[np.sort(rng.choice(free, k, replace=False))])
+    else:  # rejection: at most a quarter of the size is taken
+        out = []
+        while len(out) < k:
+            z = np.zeros(M, bool)
+            z[rng.choice(M, s, replace=False)] = True
+            if new(z):
+                out.append(z)
+                seen.update([key(z), key(~z)] if paired else [key(z)])
+        return out
+    for z in out:
+        seen.update([key(z), key(~z)] if paired else [key(z)])
+    return out
+
+
+def _rank(X: np.ndarray) -> int:
+    """Rank of the constrained design of coalitions ``X``: their projections off the all-ones direction."""
+    Xf = X.astype(float)
+    return int(np.linalg.matrix_rank(Xf - Xf.mean(1, keepdims=True))) if len(X) else 0
+
+
+def _draw_design(M: int, n: int, rng: np.random.Generator) -> CoalitionDesign:
+    sizes, mass = np.arange(1, M), _kernel_mass_by_size(M)
+    n_comb = [math.comb(M, int(s)) for s in sizes]
+    cls = np.arange(1, M // 2 + 1)  # pair classes {s, M − s}
+    middle = 2 * cls == M
+    pair_cap = np.array([min(n_comb[s - 1] // (2 if mid else 1), n) for s, mid in zip(cls, middle)], float)
+    paired = n // 2 >= PAIRS_PER_UNKNOWN * (M - 1)
+    pairs = _water_fill(pair_cap, np.where(middle, 0.5, 1.0), n // 2 if paired else 0, rng)
+    used = np.zeros(M - 1, np.int64)
+    np.add.at(used, cls - 1, pairs)
+    np.add.at(used, M - cls - 1, pairs)
+    single_cap = np.array([min(c - int(u), n) for c, u in zip(n_comb, used)], float)
+    singles = _water_fill(single_cap, np.ones(M - 1), min(n - 2 * int(pairs.sum()), int(single_cap.sum())), rng)
+    seen: set = set()
+    rows, unit = [], []
+    for two, todo in ((True, zip(cls, pairs)), (False, zip(sizes, singles))):
+        for s, k in todo:
+            for z in _draw(M, int(s), int(k), rng, seen, two):
+                rows += [z, ~z] if two else [z]
+                unit += [unit[-1] + 1 if unit else 0] * (2 if two else 1)
+    Z, units = np.array(rows, bool).reshape(-1, M), np.asarray(unit, np.int64)
+    size = Z.sum(1)
+    count = np.bincount(size, minlength=M + 1)[1:M]
+    frac = np.array([c / nc for c, nc in zip(count, n_comb)])[size - 1]
+    first = np.r_[True, units[1:] != units[:-1]]
+    return CoalitionDesign(Z, mass[size - 1] / count[size - 1], units, np.bincount(units, frac) / np.bincount(units),
+                           int(pairs.sum()), _rank(Z[first]))
+
+
+def sample_coalitions(M: int, n_samples: int, rng: np.random.Generator) -> CoalitionDesign:
+    """Coalitions for KernelSHAP over ``M`` features: leverage-score sizes, without replacement, paired if the
+    budget allows (module docstring). All are enumerated, with exact weights, when ``n_samples ≥ 2^M − 2``;
+    a design short of rank ``min(M − 1, draws)`` is redrawn (up to 10 times, the best kept)."""
     if M < 2:
         raise Agg2ExpError(f"KernelSHAP needs at least 2 features, got {M}")
-    n_samples = int(n_samples)
-    total_nontrivial = 2**M - 2 if M < 60 else np.inf
-    if n_samples >= total_nontrivial:
-        rows = np.array(list(itertools.product([0, 1], repeat=M))[1:-1], dtype=bool)
-        size = rows.sum(1)
-        w = (M - 1) / (np.array([math.comb(M, int(k)) for k in size]) * size * (M - size))
-        return rows, w
-    n_sizes = int(math.ceil((M - 1) / 2))
-    n_paired = int(math.floor((M - 1) / 2))
-    wv = np.array([(M - 1.0) / (i * (M - i)) for i in range(1, n_sizes + 1)])
-    wv[:n_paired] *= 2
-    wv /= wv.sum()
-    rows, weights = [], []
-    remaining = n_samples
-    remaining_w = wv.copy()
-    full_sizes = 0
-    for i, size in enumerate(range(1, n_sizes + 1)):
-        n_sub = math.comb(M, size) * (2 if size <= n_paired else 1)
-        if remaining_w[i] <= 0 or remaining * remaining_w[i] / remaining_w[i:].sum() < n_sub - 1e-8:
+    n = int(n_samples)
+    if n < 1:
+        raise Agg2ExpError(f"KernelSHAP needs at least 1 sample, got {n_samples}")
+    if M < 60 and n >= 2**M - 2:
+        Z = _enumerate_all(M)[1:-1]
+        size = Z.sum(1)
+        w = _kernel_mass_by_size(M)[size - 1] / np.array([math.comb(M, int(s)) for s in size])
+        return CoalitionDesign(Z, w, np.arange(len(Z)), np.ones(len(Z)), 0, M - 1)
+    best = _draw_design(M, n, rng)
+    for _ in range(_REDRAWS - 1):
+        if best.rank >= min(M - 1, int(best.units[-1]) + 1):
             break
-        full_sizes += 1
-        remaining -= n_sub
-        w_each = wv[i] / math.comb(M, size) / (2 if size <= n_paired else 1)
-        for comb in itertools.combinations(range(M), size):
-            z = np.zeros(M, dtype=bool)
-            z[list(comb)] = True
-            rows.append(z)
-            weights.append(w_each)
-            if size <= n_paired:
-                rows.append(~z)
-                weights.append(w_each)
-    left_w = wv[full_sizes:].sum()
-    if remaining > 0 and full_sizes < n_sizes and left_w > 0:
-        p = wv[full_sizes:] / left_w
-        sizes = np.arange(full_sizes + 1, n_sizes + 1)
-        sampled: dict[bytes, list] = {}
-        n_draws = max(1, remaining // 2)
-        for _ in range(n_draws):
-            size = int(rng.choice(sizes, p=p))
-            z = np.zeros(M, dtype=bool)
-            z[rng.choice(M, size, replace=False)] = True
-            for zz in (z, ~z) if size <= n_paired else (z,):
-                key = zz.tobytes()
-                if key in sampled:
-                    sampled[key][1] += 1.0
-                else:
-                    sampled[key] = [zz, 1.0]
-        cnt = sum(v[1] for v in sampled.values())
-        for zz, c in sampled.values():
-            rows.append(zz)
-            weights.append(left_w * c / cnt)
-    return np.array(rows, dtype=bool), np.asarray(weights, dtype=float)
+        d = _draw_design(M, n, rng)
+        best = d if d.rank > best.rank else best
+    return best
+
+
+def shapley_coalitions(M: int, n_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Coalitions (n, M) bool and their regression weights (n,) of :func:`sample_coalitions`."""
+    d = sample_coalitions(M, n_samples, rng)
+    return d.coalitions, d.weights
+
+
+@dataclass
+class ShapleyFit:
+    """Result of :func:`fit_shapley`.
+
+    Attributes:
+        values: (M, K) Shapley value estimates, ``Σ_m φ_m = f_full − f_empty`` exactly.
+        standard_errors: (M, K) their standard errors: 0 where exact, inf where not identified (rank-deficient
+            design), NaN where the design leaves no degrees of freedom to estimate them.
+        rank: rank of the constrained design (full rank: M − 1).
+    """
+
+    values: np.ndarray
+    standard_errors: np.ndarray
+    rank: int
+
+
+def fit_shapley(Z: np.ndarray, w: np.ndarray, y: np.ndarray, f_full: np.ndarray, f_empty: np.ndarray,
+                units: np.ndarray | None = None, sampled_fraction: np.ndarray | None = None,
+                warn: bool = True) -> ShapleyFit:
+    """Weighted least squares with the efficiency constraint, K right-hand sides, with standard errors.
+
+    Solves ``min Σ w (y − f_empty − Z φ)²`` s.t. ``Σ φ = Δ = f_full − f_empty`` as ``φ = Δ/M + θ``, θ ⊥ 1,
+    by SVD (minimum-norm θ if the design is rank-deficient, then with a warning). Standard errors: the
+    sandwich (linearisation) covariance ``(AᵀA)⁺ [Σ_u c_u h_u h_uᵀ] (AᵀA)⁺`` of the estimating equations,
+    with one score ``h_u = Σ_{i∈u} a_i r_i`` per independent draw ``u`` (a pair or a single coalition: the
+    sampling unit) and ``c_u = (1 − sampled_fraction_u)·G/(G − rank)``: the finite-population correction
+    (enumerated sizes add no error) and the degrees-of-freedom factor for G draws. A bootstrap over
+    coalitions would be rank-deficient when n is near M (cubes: 1000 coalitions for 511 unknowns).
+
+    Args:
+        Z: (n, M) coalitions (True = feature kept).
+        w: (n,) regression weights.
+        y: (n, K) scores of the coalitions.
+        f_full, f_empty: (K,) scores with every / no feature kept.
+        units: (n,) the draw (0..G−1) of each coalition; default: each its own.
+        sampled_fraction: (G,) per draw; default 0 (sampled from an infinite population).
+        warn: warn (UserWarning) when the design is rank-deficient.
+    """
+    Z = np.asarray(Z, bool)
+    n, M = Z.shape
+    y = np.asarray(y, float).reshape(n, -1)
+    f_full, f_empty = np.atleast_1d(np.asarray(f_full, float)), np.atleast_1d(np.asarray(f_empty, float))
+    delta, Zf, sw = f_full - f_empty, Z.astype(float), np.sqrt(np.asarray(w, float))[:, None]
+    A = sw * (Zf - Zf.mean(1, keepdims=True))
+    b = sw * (y - f_empty[None] - Zf.sum(1, keepdims=True) * (delta[None] / M))
+    U, S, Vt = np.linalg.svd(A, full_matrices=False)
+    rank = int((S > S.max(initial=0.0) * max(A.shape) * np.finfo(float).eps).sum())
+    U, S, V = U[:, :rank], S[:rank], Vt[:rank].T
+    Ub = U.T @ b
+    theta = V @ (Ub / S[:, None])
+    phi = delta[None] / M + theta - theta.mean(0, keepdims=True)
+    if warn and rank < M - 1:
+        warnings.warn(f"KernelSHAP design has rank {rank} < {M - 1} for {M} features ({n} coalitions): the values "
+                      "are not identified; use more samples than features", UserWarning, stacklevel=2)
+    units = np.arange(n) if units is None else np.asarray(units, np.int64)
+    G = int(units.max()) + 1 if n else 0
+    c = 1.0 - (np.zeros(G) if sampled_fraction is None else np.clip(np.asarray(sampled_fraction, float), 0, 1))
+    var = np.zeros_like(phi)
+    if G > rank:
+        resid = b - U @ Ub  # (n, K) weighted residuals
+        order = np.argsort(units, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(units[order]) != 0])
+        cu = c[units[order][starts]] * G / (G - rank)
+        for k in range(phi.shape[1]):
+            h = np.add.reduceat((U * resid[:, k : k + 1])[order], starts) / S  # per-draw scores, U coordinates
+            var[:, k] = (cu[:, None] * (h @ V.T) ** 2).sum(0)
+    elif np.any(c > 0):
+        var[:] = np.nan
+    var[(1.0 - 1.0 / M) - (V**2).sum(1) > 1e-8] = np.inf  # not identified
+    return ShapleyFit(phi, np.sqrt(var), rank)
 
 
 def solve_shapley(Z: np.ndarray, w: np.ndarray, y: np.ndarray, f_full: np.ndarray, f_empty: np.ndarray) -> np.ndarray:
-    """Weighted least squares with the efficiency constraint, K right-hand sides at once.
+    """Weighted least squares with the efficiency constraint, K right-hand sides at once (:func:`fit_shapley`).
 
     Args:
         Z: (n, M) coalitions (True = feature kept).
@@ -123,35 +308,26 @@ def solve_shapley(Z: np.ndarray, w: np.ndarray, y: np.ndarray, f_full: np.ndarra
     Returns:
         (M, K) Shapley value estimates with ``Σ_m φ_m = f_full − f_empty`` exactly.
     """
-    Z = Z.astype(float)
-    delta = f_full - f_empty  # (K,)
-    # eliminate the last feature: phi_M = delta - sum_{j<M} phi_j
-    X = Z[:, :-1] - Z[:, -1:]
-    Y = y - f_empty[None] - Z[:, -1:] * delta[None]
-    sw = np.sqrt(w)[:, None]
-    phi_head, *_ = np.linalg.lstsq(X * sw, Y * sw, rcond=None)
-    phi_last = delta[None] - phi_head.sum(0, keepdims=True)
-    return np.vstack([phi_head, phi_last])
+    return fit_shapley(Z, w, y, f_full, f_empty).values
 
 
 def exact_shapley(value: Callable[[np.ndarray], np.ndarray], M: int) -> np.ndarray:
-    """Exact Shapley values by enumerating all 2^M coalitions (for tests; M ≤ ~12).
+    """Exact Shapley values by enumerating all 2^M coalitions (for tests; M ≤ ~16).
 
     Args:
         value: maps a (n, M) bool array of coalitions to (n, K) scores.
+
+    Returns:
+        (M, K) Shapley values.
     """
-    Z = np.array(list(itertools.product([0, 1], repeat=M)), dtype=bool)
-    v = np.asarray(value(Z), dtype=float)
-    index = {z.tobytes(): i for i, z in enumerate(Z)}
+    Z = _enumerate_all(M)
+    v = np.asarray(value(Z), dtype=float).reshape(len(Z), -1)
+    idx, size = np.arange(len(Z)), Z.sum(1)
+    coef = np.array([math.factorial(s) * math.factorial(M - s - 1) / math.factorial(M) for s in range(M)])
     phi = np.zeros((M, v.shape[1]))
-    for i, z in enumerate(Z):
-        s = int(z.sum())
-        for m in range(M):
-            if not z[m]:
-                zp = z.copy()
-                zp[m] = True
-                wgt = math.factorial(s) * math.factorial(M - s - 1) / math.factorial(M)
-                phi[m] += wgt * (v[index[zp.tobytes()]] - v[i])
+    for m in range(M):
+        without = idx[(idx & (1 << (M - 1 - m))) == 0]
+        phi[m] = (coef[size[without]][:, None] * (v[without | (1 << (M - 1 - m))] - v[without])).sum(0)
     return phi
 
 
@@ -164,6 +340,9 @@ class KernelShapDetails:
         feature_ids: (M,) label of each feature in the feature mask.
         f_full, f_empty: (K,) scores with every / no feature kept.
         n_coalitions: coalitions evaluated (besides the full and the empty one).
+        standard_errors: (M, K) standard errors of ``values`` (see :func:`fit_shapley`).
+        design_rank: rank of the constrained design (full rank: M − 1; less: a warning was issued).
+        n_pairs: complementary pairs among the coalitions.
     """
 
     values: np.ndarray
@@ -171,13 +350,18 @@ class KernelShapDetails:
     f_full: np.ndarray
     f_empty: np.ndarray
     n_coalitions: int
+    standard_errors: np.ndarray | None = None
+    design_rank: int = 0
+    n_pairs: int = 0
 
 
 class KernelShap(Attribution):
     """KernelSHAP for a segmentation model over groups of voxels (cubes or segments).
 
-    One set of coalitions serves every class: each perturbed forward pass gives all K scores, and
-    one weighted least-squares solve has K right-hand sides.
+    One set of coalitions (:func:`sample_coalitions`) serves every class: each perturbed forward pass
+    gives all K scores, and one weighted least-squares solve (:func:`fit_shapley`) has K right-hand
+    sides. The details carry per-feature standard errors and the design's rank; a rank-deficient
+    design (``n_samples`` below the number of features) is warned about.
 
     Args:
         forward_func: the stitched, masked class scores.
@@ -191,15 +375,15 @@ class KernelShap(Attribution):
     @overload
     def attribute(self, inputs: torch.Tensor | np.ndarray, target: TargetType = ..., *,
                   feature_mask: torch.Tensor | np.ndarray, baselines: float = ..., n_samples: int = ...,
-                  perturbations_per_eval: int = ..., return_input_shape: bool = ..., spread: str = ..., seed: int = ...,
-                  return_details: Literal[False] = ..., progress: ProgressCallback | None = ...,
+                  perturbations_per_eval: int = ..., return_input_shape: bool = ..., spread: str = ...,
+                  seed: int = ..., return_details: Literal[False] = ..., progress: ProgressCallback | None = ...,
                   cancel: CancelFlag | None = ...) -> torch.Tensor: ...
 
     @overload
     def attribute(self, inputs: torch.Tensor | np.ndarray, target: TargetType = ..., *,
                   feature_mask: torch.Tensor | np.ndarray, baselines: float = ..., n_samples: int = ...,
-                  perturbations_per_eval: int = ..., return_input_shape: bool = ..., spread: str = ..., seed: int = ...,
-                  return_details: Literal[True], progress: ProgressCallback | None = ...,
+                  perturbations_per_eval: int = ..., return_input_shape: bool = ..., spread: str = ...,
+                  seed: int = ..., return_details: Literal[True], progress: ProgressCallback | None = ...,
                   cancel: CancelFlag | None = ...) -> tuple[torch.Tensor, KernelShapDetails]: ...
 
     def attribute(self, inputs: torch.Tensor | np.ndarray, target: TargetType = None, *,
@@ -215,13 +399,14 @@ class KernelShap(Attribution):
             target: class id(s) among the forward's classes; ``None`` = all.
             feature_mask: integer labels shaped like ``inputs``; each distinct value is one feature.
             baselines: value of a removed feature. Default: 0 (the paper's).
-            n_samples: coalitions to evaluate (paper: 1000 cubes, 200 semantic).
+            n_samples: coalitions to evaluate (paper: 1000 cubes, 200 semantic); more than the number of
+                features gives a full-rank design (exact on additive models).
             perturbations_per_eval: coalitions per forward batch. Default: 4.
             return_input_shape: per-voxel maps (default); ``False``: the values per feature, (M,) or (K, M).
             spread: ``even`` spreads φ over the feature's voxels (region sum = φ); ``broadcast`` puts the
                 full φ on every voxel (the paper's convention).
             seed: coalition seed.
-            return_details: also return :class:`KernelShapDetails`.
+            return_details: also return :class:`KernelShapDetails` (values, standard errors, design rank).
             progress, cancel: progress callback and cancel flag.
 
         Returns:
@@ -270,8 +455,8 @@ class KernelShap(Attribution):
         if M < 2:
             raise Agg2ExpError(f"the feature mask has {M} feature(s); KernelSHAP needs at least 2")
         inv = torch.as_tensor(inverse.reshape(fm.shape), device=x.device)
-        rng = np.random.default_rng(seed)
-        Z, w = shapley_coalitions(M, n_samples, rng)
+        design = sample_coalitions(M, n_samples, np.random.default_rng(seed))
+        Z = design.coalitions
         all_z = np.vstack([np.ones((1, M), bool), np.zeros((1, M), bool), Z])
         scores = np.zeros((len(all_z), forward.num_targets))
         bs = max(1, int(perturbations_per_eval))
@@ -283,5 +468,10 @@ class KernelShap(Attribution):
             scores[b0 : b0 + len(zb)] = forward.scores(batch, cancel=cancel).cpu().numpy()
             report(progress, min(len(all_z), b0 + bs), len(all_z), "coalitions")
         f_full, f_empty = scores[0], scores[1]
-        phi = solve_shapley(Z, w, scores[2:], f_full, f_empty)
-        return KernelShapDetails(phi, ids, f_full, f_empty, len(Z))
+        fit = fit_shapley(Z, design.weights, scores[2:], f_full, f_empty, design.units, design.sampled_fraction,
+                          warn=False)
+        if fit.rank < M - 1:
+            warnings.warn(f"KernelSHAP design has rank {fit.rank} < {M - 1} for {M} features ({len(Z)} coalitions): "
+                          "the values are not identified; use more samples than features", UserWarning, stacklevel=3)
+        return KernelShapDetails(fit.values, ids, f_full, f_empty, len(Z), fit.standard_errors, fit.rank,
+                                 design.n_pairs)

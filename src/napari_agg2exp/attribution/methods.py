@@ -28,6 +28,12 @@ import torch
 from napari_agg2exp.attribution.gradient import IG_METHODS, IntegratedGradients, Saliency
 from napari_agg2exp.attribution.kernel_shap import SPREADS, KernelShap, cube_feature_mask
 from napari_agg2exp.attribution.noise_tunnel import NoiseTunnel, noise_stdev
+from napari_agg2exp.attribution.perturbation import (
+    FeatureAblation,
+    Occlusion,
+    ShapleyValueSampling,
+    occlusion_shape,
+)
 from napari_agg2exp.attribution.target import SlidingWindowTarget
 from napari_agg2exp.data.preprocessing import preprocess_labels
 from napari_agg2exp.data.volume import Volume
@@ -166,7 +172,14 @@ def _kernel_shap(fwd, x, fm, p, progress, cancel):
     maps, d = KernelShap(fwd).attribute(x, feature_mask=fm, baselines=p["baselines"], n_samples=p["n_samples"],
                                         perturbations_per_eval=p["internal_batch_size"], spread=p["spread"],
                                         seed=p["seed"], return_details=True, progress=progress, cancel=cancel)
-    return maps, {"n_features": int(len(d.feature_ids)), "n_coalitions": int(d.n_coalitions)}
+    se = np.asarray(d.standard_errors, dtype=float)  # (M, K): summarised per target row, in target order
+
+    def per_target(a):  # JSON: plain floats, None where not finite (not identified / not estimable)
+        return [float(v) if math.isfinite(v) else None for v in a]
+
+    return maps, {"n_features": int(len(d.feature_ids)), "n_coalitions": int(d.n_coalitions),
+                  "design_rank": int(d.design_rank), "n_pairs": int(d.n_pairs),
+                  "standard_error_max": per_target(se.max(0)), "standard_error_mean": per_target(se.mean(0))}
 
 
 def _run_ks_cubes(fwd, x, prepared, p, progress, cancel):
@@ -208,7 +221,8 @@ METHODS: dict[str, Method] = {
         _batch(),
     ), _run_sg),
     "kernelshap-cubes": Method("kernelshap-cubes", "KernelSHAP (cubes)", "https://arxiv.org/abs/1705.07874", (
-        Parameter("n_samples", 1000, "coalitions", int, 1, setting="samples"),
+        Parameter("n_samples", 1000, "coalitions (more than the features: full-rank design)", int, 1,
+                  setting="samples"),
         Parameter("cubes_per_axis", 8, "cube grid per axis (8 → 512 features)", int, 2, setting="cubes_per_axis"),
         _baselines(),
         Parameter("spread", "even", "per-voxel convention of a feature's value", str, choices=SPREADS,
@@ -217,7 +231,8 @@ METHODS: dict[str, Method] = {
         _batch(),
     ), _run_ks_cubes),
     "kernelshap-semantic": Method("kernelshap-semantic", "KernelSHAP (semantic)", "https://arxiv.org/abs/1705.07874", (
-        Parameter("n_samples", 200, "coalitions", int, 1, setting="samples"),
+        Parameter("n_samples", 200, "coalitions (more than the features: full-rank design)", int, 1,
+                  setting="samples"),
         Parameter("feature_mask", None, "features: a label volume on the image grid (default: the prediction)",
                   object, setting="features"),
         _baselines(),
@@ -239,3 +254,109 @@ def look_up_method(method: str | Method) -> Method:
 def method_defaults(method: str) -> dict[str, Any]:
     """The paper defaults of a method's parameters."""
     return look_up_method(method).defaults
+
+
+# ---- perturbation methods (captum's, through the window cache: attribution/perturbation.py)
+
+#: Feature choices of feature ablation and Shapley sampling (besides a custom label volume).
+FEATURE_CHOICES = ("cubes", "prediction")
+
+
+class _ShapeParameter(Parameter):
+    """A patch size or step: 1 or 3 positive ints (an int stays an int; the widgets show it as one)."""
+
+    def check(self, value: Any, method: str) -> Any:
+        if value is None:
+            return self.default
+        shape = occlusion_shape(value, f"{method} parameter {self.name}")
+        return shape[0] if len(set(shape)) == 1 else shape
+
+
+class _FeaturesParameter(Parameter):
+    """``cubes``, ``prediction`` (the predicted regions) or a label volume on the image grid."""
+
+    def check(self, value: Any, method: str) -> Any:
+        if value is None:
+            return self.default
+        if isinstance(value, str):
+            return look_up_option(value, FEATURE_CHOICES, what=f"{method} parameter {self.name}")
+        if isinstance(value, (Volume, np.ndarray, torch.Tensor)):
+            return value
+        raise Agg2ExpError(f"{method} parameter {self.name} must be one of {', '.join(FEATURE_CHOICES)} or a label "
+                           f"volume, got {type(value).__name__}")
+
+
+def group_features(prepared: PreparedCase, features: Any, cubes_per_axis: int) -> np.ndarray:
+    """Feature labels on the model grid: a cube grid, the clean prediction's regions, or a label volume on the
+    image grid (nearest neighbour, as :func:`semantic_features`)."""
+    if isinstance(features, str):
+        if features == "cubes":
+            return cube_feature_mask(prepared.plan.shape, cubes_per_axis)
+        return prepared.labels
+    if isinstance(features, torch.Tensor):
+        features = features.cpu().numpy()
+    return semantic_features(prepared, features)
+
+
+def _run_occlusion(fwd, x, prepared, p, progress, cancel):
+    maps, d = Occlusion(fwd).attribute(x, sliding_window_shapes=p["sliding_window_shapes"], strides=p["strides"],
+                                       baselines=p["baselines"], perturbations_per_eval=p["internal_batch_size"],
+                                       return_details=True, progress=progress, cancel=cancel)
+    return maps, d.summary()
+
+
+def _run_ablation(fwd, x, prepared, p, progress, cancel):
+    fm = group_features(prepared, p["features"], p["cubes_per_axis"])
+    maps, d = FeatureAblation(fwd).attribute(x, feature_mask=fm, baselines=p["baselines"], spread=p["spread"],
+                                             perturbations_per_eval=p["internal_batch_size"], return_details=True,
+                                             progress=progress, cancel=cancel)
+    return maps, d.summary()
+
+
+def _run_shapley_sampling(fwd, x, prepared, p, progress, cancel):
+    fm = group_features(prepared, p["features"], p["cubes_per_axis"])
+    maps, d = ShapleyValueSampling(fwd).attribute(x, feature_mask=fm, baselines=p["baselines"],
+                                                  n_samples=p["n_samples"], spread=p["spread"], seed=p["seed"],
+                                                  perturbations_per_eval=p["internal_batch_size"], return_details=True,
+                                                  progress=progress, cancel=cancel)
+    return maps, d.summary()
+
+
+def _features(default: str = "cubes") -> Parameter:
+    return _FeaturesParameter("features", default, "cubes, prediction (the predicted regions) or a label volume on "
+                              "the image grid", object, setting="features")
+
+
+def _spread() -> Parameter:
+    return Parameter("spread", "even", "per-voxel convention of a feature's value", str, choices=SPREADS,
+                     setting="spread")
+
+
+METHODS["occlusion"] = Method("occlusion", "Occlusion", "https://arxiv.org/abs/1311.2901", (
+    _ShapeParameter("sliding_window_shapes", 16, "occluding patch on the model grid (1 or 3 ints)", int, 1,
+                    setting="occlusion_window"),
+    _ShapeParameter("strides", None, "patch step (1 or 3 ints; default: half the patch)", int, 1,
+                    setting="occlusion_stride"),
+    _baselines(),
+    _batch(),
+), _run_occlusion)
+METHODS["feature-ablation"] = Method("feature-ablation", "Feature ablation",
+                                     "https://captum.ai/api/feature_ablation.html", (
+    _features(),
+    Parameter("cubes_per_axis", 8, "cube grid per axis when features=cubes (8 → 512 features)", int, 1,
+              setting="cubes_per_axis"),
+    _baselines(),
+    _spread(),
+    _batch(),
+), _run_ablation)
+METHODS["shapley-sampling"] = Method("shapley-sampling", "Shapley value sampling",
+                                     "https://doi.org/10.1016/j.cor.2008.04.004", (
+    Parameter("n_samples", 25, "feature permutations", int, 1, setting="samples"),
+    _features(),
+    Parameter("cubes_per_axis", 4, "cube grid per axis when features=cubes (4 → 64 features)", int, 1,
+              setting="cubes_per_axis"),
+    _baselines(),
+    _spread(),
+    _seed(),
+    _batch(),
+), _run_shapley_sampling)

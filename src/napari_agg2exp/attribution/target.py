@@ -8,8 +8,8 @@ gradients into the volume is exact and needs one window's graph at a time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.models.inference import SlidingWindow, forward_logits
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 
-__all__ = ["SlidingWindowTarget"]
+__all__ = ["SlidingWindowTarget", "WindowCache"]
 
 
 @dataclass
@@ -85,15 +85,19 @@ class SlidingWindowTarget:
         bc = self.plan.weight * self._inv_count[wt.slices]
         return torch.stack([(p == self.classes[k]).float() * bc for k in wt.class_rows])
 
-    def subset(self, classes: Sequence[int]) -> "SlidingWindowTarget":
+    def subset(self, classes: Sequence[int]) -> SlidingWindowTarget:
         """The same scores for some of the classes (in the given order)."""
         return SlidingWindowTarget(self.network, self.plan, self._pred, classes, sw_batch_size=self.sw_batch_size,
                                    batch_classes=self.batch_classes)
 
-    def with_network(self, network: torch.nn.Module) -> "SlidingWindowTarget":
+    def with_network(self, network: torch.nn.Module) -> SlidingWindowTarget:
         """The same masks and windows with another network (e.g. a randomised copy)."""
         return SlidingWindowTarget(network, self.plan, self._pred, self.classes, sw_batch_size=self.sw_batch_size,
                                    batch_classes=self.batch_classes)
+
+    def window_cache(self, clean: torch.Tensor, *, cancel: CancelFlag | None = None) -> WindowCache:
+        """Scores of perturbed copies of ``clean`` that run only the windows a perturbation changes."""
+        return WindowCache(self, clean, cancel=cancel)
 
     @property
     def num_targets(self) -> int:
@@ -156,7 +160,8 @@ class SlidingWindowTarget:
         """
         x = inputs.to(self.device)
         B = x.shape[0]
-        w_b = torch.ones(B, device=self.device) if weights is None else torch.as_tensor(weights, device=self.device).float()
+        w_b = (torch.ones(B, device=self.device) if weights is None
+               else torch.as_tensor(weights, device=self.device).float())
         scores = torch.zeros((B, self.num_targets), dtype=torch.float32, device=self.device)
         active = [i for i, wt in enumerate(self.windows) if wt.class_rows]
         n_units = sum(len(self.windows[i].class_rows) for i in active)
@@ -197,3 +202,116 @@ class SlidingWindowTarget:
             del z
             report(progress, done, n_units, "gradients")
         return scores
+
+
+class WindowCache:
+    """Scores ``f(x')`` of perturbed copies ``x'`` of one clean input, running only the changed windows.
+
+    ``f_c(x') = Σ_w s_w(x'[w])``, where ``s_w`` is the masked, blend-weighted class sum of window ``w``
+    (``M_c`` fixed): it depends on the window's input only. The clean contributions ``s_w(x[w])`` are
+    computed once; a window whose input equals the clean one (or that a given change mask does not meet)
+    reuses its clean contribution and only the other windows run the network. The scores are those of
+    :meth:`SlidingWindowTarget.scores` (up to float summation order). Callable as captum's ``forward_func``.
+
+    Args:
+        target: the stitched, masked class scores.
+        clean: (X, Y, Z) model-grid input.
+
+    Attributes:
+        contributions: (n_windows, K) clean per-window contributions (0 for windows without target classes).
+        clean_scores: (K,) ``f(x)``.
+        network_windows: windows run through the network so far (the clean ones included).
+        reused_windows: window contributions taken from a cached reference instead.
+        calls: scored inputs (perturbed copies) so far.
+    """
+
+    def __init__(self, target: SlidingWindowTarget, clean: torch.Tensor, *, cancel: CancelFlag | None = None):
+        self.target = target
+        self.clean = clean.to(target.device).float().reshape(target.plan.shape)
+        self.active = [i for i, wt in enumerate(target.windows) if wt.class_rows]
+        sl = np.array([[(s.start, s.stop) for s in wt.slices] for wt in target.windows])  # (n_w, 3, 2)
+        self._lo, self._hi = sl[..., 0], sl[..., 1]
+        self.network_windows = 0
+        self.reused_windows = 0
+        self.calls = 0
+        n = len(target.windows)
+        self.contributions = torch.zeros((n, target.num_targets), dtype=torch.float32, device=target.device)
+        if self.active:
+            self.contributions[self.active] = self.window_contributions(
+                [(i, self.clean[target.windows[i].slices]) for i in self.active], cancel=cancel)
+        self.clean_scores = self.contributions.sum(0)
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.target.windows)
+
+    def window_contributions(self, items: Sequence[tuple[int, torch.Tensor]], *,
+                             cancel: CancelFlag | None = None) -> torch.Tensor:
+        """(n, K) contributions ``s_w`` of window inputs ``(window index, (*window) tensor)``, batched by
+        ``sw_batch_size`` (any mix of windows: they share one size)."""
+        t = self.target
+        out = torch.zeros((len(items), t.num_targets), dtype=torch.float32, device=t.device)
+        bs = t.sw_batch_size
+        with torch.no_grad():
+            for b0 in range(0, len(items), bs):
+                check_cancel(cancel)
+                chunk = items[b0 : b0 + bs]
+                z = forward_logits(t.network, torch.stack([xw for _, xw in chunk])[:, None].to(t.device), None)
+                weights: dict[int, torch.Tensor] = {}
+                for j, (i, _) in enumerate(chunk):
+                    wt = t.windows[i]
+                    if i not in weights:
+                        weights[i] = t.window_weights(wt)
+                    out[b0 + j] = t._window_scores(z[j : j + 1], wt, weights[i])[0]
+                self.network_windows += len(chunk)
+        return out
+
+    def windows_meeting(self, changed: torch.Tensor) -> torch.Tensor:
+        """(B, n_windows) bool: the windows that a (B, X, Y, Z) or (X, Y, Z) bool mask meets.
+
+        The mask's bounding box picks the candidate windows; each candidate is then checked exactly."""
+        m = changed.to(self.target.device).bool()
+        m = m[None] if m.ndim == 3 else m
+        out = torch.zeros((m.shape[0], self.num_windows), dtype=torch.bool)
+        for b in range(m.shape[0]):
+            axes = [m[b].any(dim=d) for d in ((1, 2), (0, 2), (0, 1))]
+            if not bool(axes[0].any()):
+                continue
+            lo = np.array([int(a.int().argmax()) for a in axes])
+            hi = np.array([len(a) - int(a.flip(0).int().argmax()) for a in axes])
+            cand = np.nonzero(((self._lo < hi) & (self._hi > lo)).all(1))[0]
+            for i in cand:
+                out[b, i] = bool(m[b][self.target.windows[i].slices].any())
+        return out
+
+    def scores(self, inputs: torch.Tensor, changed: torch.Tensor | None = None, *,
+               cancel: CancelFlag | None = None) -> torch.Tensor:
+        """``f_c`` of perturbed copies of the clean input.
+
+        Args:
+            inputs: (B, X, Y, Z) tensor.
+            changed: optional bool mask, (X, Y, Z) or (B, X, Y, Z), of the voxels that may differ from the
+                clean input (it must cover every changed voxel); default: compared with the clean input.
+
+        Returns:
+            (B, K) tensor.
+        """
+        x = inputs.to(self.target.device).float()
+        x = x.reshape((-1,) + tuple(self.target.plan.shape))
+        meets = self.windows_meeting(x != self.clean[None] if changed is None else changed)
+        meets = meets.expand(x.shape[0], -1)
+        per = self.contributions[None].repeat(x.shape[0], 1, 1)  # (B, n_w, K)
+        todo = [(b, i) for b in range(x.shape[0]) for i in self.active if meets[b, i]]
+        self.reused_windows += x.shape[0] * len(self.active) - len(todo)
+        bs = self.target.sw_batch_size
+        for k in range(0, len(todo), bs):
+            chunk = todo[k : k + bs]
+            vals = self.window_contributions([(i, x[b][self.target.windows[i].slices]) for b, i in chunk],
+                                             cancel=cancel)
+            for (b, i), v in zip(chunk, vals):
+                per[b, i] = v
+        self.calls += x.shape[0]
+        return per.sum(1)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.scores(inputs)

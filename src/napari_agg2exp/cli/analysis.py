@@ -7,17 +7,30 @@ Thin callers of :mod:`napari_agg2exp.importance`; every user error raises
 from __future__ import annotations
 
 import argparse
+from fractions import Fraction
 from pathlib import Path
+
+import networkx as nx
 
 from napari_agg2exp.cli.arguments import prepare_out_dir
 from napari_agg2exp.cli.progress import TerminalProgress
 from napari_agg2exp.data.labels import read_label_names
 from napari_agg2exp.data.volume import load_volume
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.importance.global_importance import prune_edges, read_groups
-from napari_agg2exp.importance.local import look_up_part
+from napari_agg2exp.importance.global_importance import (
+    KeepRule,
+    graph_summary,
+    keep_rule,
+    read_groups,
+)
+from napari_agg2exp.importance.local import look_up_part, parse_joins
 from napari_agg2exp.importance.outliers import outlier_analysis
-from napari_agg2exp.importance.tables import read_quality_table, write_table
+from napari_agg2exp.importance.tables import (
+    join_members,
+    read_quality_table,
+    with_join_members,
+    write_table,
+)
 from napari_agg2exp.report.cohort_outputs import write_global_analysis, write_outlier_analysis
 from napari_agg2exp.report.html import write_cohort_report
 from napari_agg2exp.workflows.case_folder import load_case
@@ -69,22 +82,50 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
         skip = ()
     df = case_local_importance(case, rois, roi_names, ground_truth=ground_truth, joins=args.join, parts=parts,
                                skip_labels=skip, progress=TerminalProgress("aggregate"))
+    joins = parse_joins(args.join) if args.join else {}
+    df = with_join_members(df, joins)  # the graph needs to know which RoIs a joined RoI contains
     write_table(df, out)
     print(f"wrote {len(df)} rows ({df['target'].nunique()} targets x {df['roi'].nunique()} RoIs x {len(parts)} "
           f"parts) to {out}")
+    if joins:
+        print("joined RoIs recorded in column members: "
+              + ", ".join(f"{name} ({len(members)} RoIs)" for name, members in joins.items()))
     return 0
+
+
+def _number(option: str, text: str | None, *, integer: bool = False) -> float | int | None:
+    """Parse a keep-rule option's text (``1/3``, ``0.25``, ``5``); None when not given."""
+    if text is None:
+        return None
+    try:
+        if integer:
+            return int(text)
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        example = "5" if integer else "1/3 or 0.25"
+        raise Agg2ExpError(f"{option} expects {'an integer' if integer else 'a number'} such as {example}, got "
+                           f"{text!r}") from None
+
+
+def _keep_rule(args: argparse.Namespace) -> KeepRule:
+    return keep_rule(_number("--keep-fraction", args.keep_fraction), _number("--top-k", args.top_k, integer=True),
+                     _number("--keep-mass", args.keep_mass))
 
 
 def _cmd_global(args: argparse.Namespace) -> int:
     part = look_up_part(args.part)
-    prune_edges({}, args.keep_mass)  # validates the threshold before anything is written
+    rule = _keep_rule(args)  # validated before anything is written
     groups = read_groups(args.groups) if args.groups else None
     local = read_local_importance(args.tables)
+    joins = join_members(local)
     out = prepare_out_dir(args.out, args.overwrite)
-    written = write_global_analysis(local, out, part=part, keep_mass=args.keep_mass, groups=groups,
-                                    progress=TerminalProgress("figures"))
+    written = write_global_analysis(local, out, part=part, joins=joins, groups=groups,
+                                    progress=TerminalProgress("figures"), **rule.kwargs())
     n_dist = sum(1 for k in written if k.startswith("distributions/"))
     print(f"{local['case'].nunique()} cases, {local['target'].nunique()} targets, {local['roi'].nunique()} RoIs")
+    if joins:
+        print("joined RoIs (recorded in the tables): " + ", ".join(f"{j} = {'+'.join(m)}" for j, m in joins.items()))
+    print(f"graph ({part} mass): {graph_summary(nx.read_graphml(written['graphml']))}")
     print(f"wrote {out}/global_importance.csv, graph.graphml, graph.png, heatmap.png and {n_dist} figures in "
           f"{out}/distributions/")
     return 0
@@ -159,9 +200,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="local importance tables (one or more), case folders, or cohort folders (with cases/)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--part", default="abs", help="part used for the graph and figures (default abs)")
-    p.add_argument("--keep-mass", type=float, default=0.35,
-                   help="per target keep the heaviest edges while their cumulative weight <= this (default 0.35); "
-                        "the heaviest edge is always kept")
+    keep = p.add_argument_group(
+        "edges kept (one of)",
+        "Candidate edges: every RoI -> class pair except background/none, self-edges and a joined\n"
+        "RoI (aggregate --join, recorded in the tables) into a RoI it contains.")
+    keep.add_argument("--keep-fraction", metavar="F",
+                      help="keep the heaviest F of all candidate edges, ranked over the whole graph (default 1/3; "
+                           "a number or a fraction such as 1/4)")
+    keep.add_argument("--top-k", metavar="K",
+                      help="instead: per class, keep its K heaviest candidate edges")
+    keep.add_argument("--keep-mass", metavar="F",
+                      help="instead: per class, keep the heaviest candidate edges while their cumulative share "
+                           "among the class's candidates <= F (0..1); the heaviest is always kept")
     p.add_argument("--groups", metavar="JSON", help='RoI -> semantic group overrides, e.g. {"nodule": "pathology"}')
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.set_defaults(func=_cmd_global)

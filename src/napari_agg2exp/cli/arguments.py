@@ -51,17 +51,27 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     """The attribution settings every method reads what it needs from (see the method registry)."""
     p.add_argument("--steps", type=int, default=None, help="IG steps (default 20)")
     p.add_argument("--samples", type=int, default=None,
-                   help="SG samples (20) / KernelSHAP coalitions (1000 cubes, 200 semantic)")
+                   help="SG samples (20) / KernelSHAP coalitions (1000 cubes, 200 semantic) / "
+                        "Shapley sampling permutations (25)")
     p.add_argument("--noise-level", type=float, default=None,
                    help="SG noise σ as a fraction of the intensity range (0.1)")
-    p.add_argument("--baseline", type=float, default=None, help="IG baseline / KernelSHAP removed-feature value (0)")
+    p.add_argument("--baseline", type=float, default=None,
+                   help="IG baseline / value of removed features and occluded patches (0)")
+    p.add_argument("--occlusion-window", type=int, nargs="+", default=None, metavar="N",
+                   help="occlusion: patch size on the model grid, 1 or 3 ints (16)")
+    p.add_argument("--occlusion-stride", type=int, nargs="+", default=None, metavar="N",
+                   help="occlusion: patch step, 1 or 3 ints (half the patch)")
+    p.add_argument("--cubes-per-axis", type=int, default=None,
+                   help="cube features per axis (KernelSHAP cubes 8, feature ablation 8, Shapley sampling 4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4, help="IG steps / SG samples / coalitions per batch (4)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="IG steps / SG samples / coalitions / perturbations per batch (4)")
 
 
 def method_settings(args: argparse.Namespace) -> dict:
     """The generic method settings of :func:`add_method_args` (``None`` = the method's default)."""
-    keys = ("steps", "samples", "noise_level", "baseline", "seed", "batch_size", "spread", "features")
+    keys = ("steps", "samples", "noise_level", "baseline", "seed", "batch_size", "spread", "features",
+            "occlusion_window", "occlusion_stride", "cubes_per_axis")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 

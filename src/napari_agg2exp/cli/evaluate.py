@@ -21,7 +21,12 @@ from napari_agg2exp.cli.arguments import (
 )
 from napari_agg2exp.cli.progress import TerminalProgress
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.evaluation.evaluate import check_settings, look_up_methods, look_up_metrics
+from napari_agg2exp.evaluation.evaluate import (
+    CURVE_METRICS,
+    check_settings,
+    look_up_methods,
+    look_up_metrics,
+)
 from napari_agg2exp.evaluation.metrics import PAPER_SUBSET_SIZE
 from napari_agg2exp.files import check_out_dir, staged_output
 from napari_agg2exp.models.inference import check_window_options
@@ -29,7 +34,7 @@ from napari_agg2exp.workflows.case import read_case_inputs
 from napari_agg2exp.workflows.evaluation import evaluate_cases
 from napari_agg2exp.workflows.manifest import read_manifest
 
-__all__ = ["register", "parse_samples", "method_parameters"]
+__all__ = ["register", "parse_samples", "parse_curve_step", "method_parameters"]
 
 DEFAULT_METHODS = "vg,ig,sg,kernelshap-cubes,kernelshap-semantic"
 DEFAULT_METRICS = "faithfulness,sensitivity,complexity,randomisation"
@@ -38,11 +43,13 @@ DEFAULT_METRICS = "faithfulness,sensitivity,complexity,randomisation"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="explanation quality of attribution methods: faithfulness, sensitivity, complexity, randomisation",
+        help="explanation quality of attribution methods: faithfulness, sensitivity, complexity, randomisation, "
+             "deletion, insertion",
         description="Score attribution methods on one scan (IMAGE) or several (--manifest) with the metrics of the "
-                    "paper (appendix B.2). Writes metrics.csv (case,method,target,metric,value) and metrics.md "
-                    "(mean ± sd per method and metric). The same voxel subsets, noise and random weights are used "
-                    "for every method.",
+                    "paper (appendix B.2), and optionally the deletion (AOPC) / insertion (AUC) curves. Writes "
+                    "metrics.csv (case,method,target,metric,value), metrics.md (mean ± sd per method and metric) "
+                    "and, with deletion or insertion, curves.csv (case,method,target,metric,step,fraction,score). "
+                    "The same voxel subsets, noise and random weights are used for every method.",
     )
     p.add_argument("image", nargs="?", default=None, help="input .nii / .nii.gz (or use --manifest)")
     p.add_argument("--manifest", default=None,
@@ -50,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default=None, help="ground-truth labels of IMAGE: also writes quality.csv (Dice)")
     p.add_argument("--case", default=None, help="case name of IMAGE in the tables (default: the file name)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated attribution methods (default {DEFAULT_METHODS})")
-    p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated metrics (default {DEFAULT_METRICS})")
+    p.add_argument("--metrics", default=DEFAULT_METRICS,
+                   help=f"comma-separated metrics (default {DEFAULT_METRICS}; also deletion, insertion)")
     p.add_argument("--classes", default="all", help="comma-separated class names or ids, or 'all' (default: every predicted class)")
     g = p.add_argument_group("metric settings (paper defaults)")
     g.add_argument("--subsets", type=int, default=100, help="faithfulness: random voxel subsets (100)")
@@ -59,6 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--noise-samples", type=int, default=3, help="sensitivity: noise samples (3)")
     g.add_argument("--noise-bound", type=float, default=0.1, help="sensitivity: uniform noise in [-b, b], preprocessed units (0.1)")
     g.add_argument("--threshold", type=float, default=0.1, help="complexity: threshold θ on |a|/max|a| (0.1)")
+    g.add_argument("--curve-step", default=str(PAPER_SUBSET_SIZE),
+                   help=f"deletion/insertion: voxels per step ({PAPER_SUBSET_SIZE} = 224²; at most a tenth of the "
+                        "volume) or a fraction of the volume, e.g. 0.05 or 5%%")
+    g.add_argument("--curve-steps", type=int, default=None,
+                   help="deletion/insertion: at most this many steps (default: until the whole volume is perturbed)")
     g.add_argument("--seed", type=int, default=0, help="seed of subsets, noise, random weights and the methods (0)")
     g = p.add_argument_group("attribution settings (paper defaults)")
     g.add_argument("--steps", type=int, default=None, help="IG steps (20)")
@@ -100,6 +113,20 @@ def parse_samples(text: str | None, methods: list[str]) -> dict[str, int]:
     return out
 
 
+def parse_curve_step(text: str | float) -> int | float:
+    """``--curve-step``: a voxel count (``50176``) or a fraction of the volume (``0.05`` or ``5%``)."""
+    t = str(text).strip()
+    usage = (f"--curve-step must be a whole number of voxels >= 1 or a fraction in (0, 1) (e.g. 0.05 or 5%), "
+             f"got {text!r}")
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise Agg2ExpError(usage) from None
+    if not (0 < value < 1 or (value >= 1 and value.is_integer())):
+        raise Agg2ExpError(usage)
+    return value if value < 1 else int(value)
+
+
 def method_parameters(args: argparse.Namespace, methods: list[str]) -> dict[str, dict]:
     """Each method's parameters from the shared flags (``--samples`` may differ per method)."""
     samples = parse_samples(args.samples, methods)
@@ -115,7 +142,9 @@ def method_parameters(args: argparse.Namespace, methods: list[str]) -> dict[str,
 def cmd_evaluate(args: argparse.Namespace) -> int:
     methods = look_up_methods(args.methods)
     metrics = look_up_metrics(args.metrics)
-    check_settings(args.subsets, args.subset_size, args.noise_samples, args.noise_bound, args.threshold)
+    curve_step = parse_curve_step(args.curve_step)
+    check_settings(args.subsets, args.subset_size, args.noise_samples, args.noise_bound, args.threshold,
+                   curve_step, args.curve_steps)
     if args.batch_size < 1:
         raise Agg2ExpError(f"--batch-size must be at least 1, got {args.batch_size}")
     method_params = method_parameters(args, methods)
@@ -140,6 +169,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = {"cases": len(cases), "classes": args.classes, "subsets": args.subsets,
                 "subset size (asked)": args.subset_size, "noise samples": args.noise_samples,
                 "noise bound": args.noise_bound, "complexity threshold": args.threshold, "seed": args.seed,
+                **({"curve step (asked)": curve_step, "curve steps": args.curve_steps or "whole volume"}
+                   if any(m in CURVE_METRICS for m in metrics) else {}),
                 **{f"{m} parameters": ", ".join(f"{k}={v}" for k, v in p.items()) or "paper defaults"
                    for m, p in method_params.items()}}
     t0 = time.perf_counter()
@@ -151,10 +182,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             progress_for=lambda case, i: TerminalProgress(f"evaluate {case} ({i + 1}/{len(cases)})"),
             n_subsets=args.subsets, subset_size=args.subset_size, n_noise=args.noise_samples,
             noise_bound=args.noise_bound, threshold=args.threshold, baseline=args.baseline, seed=args.seed,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size, curve_step=curve_step, curve_steps=args.curve_steps,
         )
     print_warnings(caught)
     print(md, end="")
+    curves = ", curves.csv" if any(m in CURVE_METRICS for m in metrics) else ""
     print(f"evaluated {len(cases)} case(s) in {time.perf_counter() - t0:.0f}s; wrote {Path(args.out) / 'metrics.csv'} "
-          f"({len(table)} rows) and metrics.md")
+          f"({len(table)} rows){curves} and metrics.md")
     return 0

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spread", default=None, choices=["even", "broadcast"], help="KernelSHAP per-voxel convention")
     p.add_argument("--case", default=None, help="case name in the tables (default: the image file name)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--maps-on", default="model", choices=["model", "input"],
+                   help="grid of the written maps: the model's (default; its own affine, every viewer places it) or "
+                        "the input's (resampled)")
     p.add_argument("--overwrite", action="store_true")
     add_model_args(p)
     add_window_args(p)
@@ -76,7 +79,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         res = run_case(model, args.image, case=args.case, ground_truth=args.ground_truth, explainer=explainer,
                        targets=None if args.classes in (None, "all") else args.classes,
                        out=CaseFolder(tmp, final=args.out), window_size=window_from_args(args), overlap=args.overlap,
-                       blend=args.blend, sw_batch_size=args.sw_batch_size,
+                       blend=args.blend, sw_batch_size=args.sw_batch_size, maps_on=args.maps_on,
                        progress=TerminalProgress(f"explain {args.method}"))
     print_explanation(res.explanation)
     print(f"wrote {Path(args.out)}/attributions/ ({len(res.explanation.targets)} maps), local_importance.csv, "

@@ -3,7 +3,8 @@
 One segmentation, one set of random voxel subsets, one set of noise samples and one randomised copy
 of the network per case, shared by every method -- so the methods are compared on equal terms. The
 score drops of the faithfulness correlation do not depend on the method and are computed once.
-Result: a long table ``case,method,target,metric,value``.
+Result: a long table ``case,method,target,metric,value``; the deletion / insertion curves behind those two
+metrics ride along in its ``attrs["curves"]`` (see :func:`curve_table`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.evaluation.metrics import (
     PAPER_SUBSET_SIZE,
     average_sensitivity,
+    curve_step_size,
+    deletion_aopc,
     effective_complexity,
     faithfulness_correlation,
+    insertion_auc,
+    perturbation_curves,
     random_subsets,
     randomise_network,
     rank_correlation,
@@ -38,6 +43,7 @@ from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress, c
 
 __all__ = [
     "METRICS",
+    "PAPER_METRICS",
     "MetricInfo",
     "TABLE_COLUMNS",
     "Perturbations",
@@ -47,9 +53,16 @@ __all__ = [
     "look_up_metrics",
     "check_settings",
     "evaluate_case",
+    "CURVE_METRICS",
+    "CURVE_COLUMNS",
+    "curve_table",
 ]
 
 TABLE_COLUMNS = ["case", "method", "target", "metric", "value"]
+#: Columns of the curves table: ``score`` is the normalised score (1 = clean, 0 = all-baseline input).
+CURVE_COLUMNS = ["case", "method", "target", "metric", "step", "fraction", "score"]
+#: Metrics that are the area of a curve (their curves are kept in ``attrs["curves"]``).
+CURVE_METRICS = ("deletion", "insertion")
 
 
 @dataclass(frozen=True)
@@ -67,10 +80,15 @@ METRICS: dict[str, MetricInfo] = {
     "complexity": MetricInfo("complexity", "Effective complexity", "lower", "https://arxiv.org/abs/2007.07584"),
     "randomisation": MetricInfo("randomisation", "Randomisation ρ", "lower",
                                 "https://arxiv.org/abs/1810.03292"),
+    "deletion": MetricInfo("deletion", "Deletion AOPC", "higher", "https://arxiv.org/abs/1509.06321"),
+    "insertion": MetricInfo("insertion", "Insertion AUC", "higher", "https://arxiv.org/abs/1806.07421"),
 }
+#: The paper's metrics (SPEC §6): the default of the napari dock and of ``agg2exp evaluate``.
+PAPER_METRICS: tuple[str, ...] = ("faithfulness", "sensitivity", "complexity", "randomisation")
 _ALIASES = {"randomization": "randomisation", "faithfulness_correlation": "faithfulness",
             "average_sensitivity": "sensitivity", "avg_sensitivity": "sensitivity",
-            "effective_complexity": "complexity", "mprt": "randomisation"}
+            "effective_complexity": "complexity", "mprt": "randomisation", "aopc": "deletion",
+            "deletion_aopc": "deletion", "insertion_auc": "insertion"}
 
 
 def _names(items: Sequence[str] | str) -> list[str]:
@@ -138,7 +156,13 @@ def make_perturbations(shape: Sequence[int], *, n_subsets: int = 100, subset_siz
     )
 
 
-def check_settings(n_subsets: int, subset_size: int, n_noise: int, noise_bound: float, threshold: float) -> None:
+def curve_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The deletion / insertion curves of an :func:`evaluate_case` table (``CURVE_COLUMNS``; empty if none)."""
+    return pd.DataFrame(table.attrs.get("curves") or {c: [] for c in CURVE_COLUMNS}, columns=CURVE_COLUMNS)
+
+
+def check_settings(n_subsets: int, subset_size: int, n_noise: int, noise_bound: float, threshold: float,
+                   curve_step: float = PAPER_SUBSET_SIZE, curve_steps: int | None = None) -> None:
     if int(n_subsets) < 2:
         raise Agg2ExpError(f"--subsets must be at least 2 (a correlation needs several points), got {n_subsets}")
     if int(subset_size) < 1:
@@ -149,6 +173,13 @@ def check_settings(n_subsets: int, subset_size: int, n_noise: int, noise_bound: 
         raise Agg2ExpError(f"--noise-bound must be positive, got {noise_bound}")
     if not 0 <= float(threshold) < 1:
         raise Agg2ExpError(f"--threshold must be in [0, 1), got {threshold}")
+    try:
+        curve_step_size(curve_step, 1 << 40, warn=False)
+    except (Agg2ExpError, TypeError, ValueError):
+        raise Agg2ExpError(f"--curve-step must be a number of voxels (>= 1) or a fraction in (0, 1), "
+                           f"got {curve_step}") from None
+    if curve_steps is not None and int(curve_steps) < 1:
+        raise Agg2ExpError(f"--curve-steps must be at least 1, got {curve_steps}")
 
 
 def evaluate_case(
@@ -165,6 +196,8 @@ def evaluate_case(
     noise_bound: float = 0.1,
     threshold: float = 0.1,
     baseline: float = 0.0,
+    curve_step: float = PAPER_SUBSET_SIZE,
+    curve_steps: int | None = None,
     seed: int = 0,
     method_params: dict[str, dict[str, Any]] | None = None,
     perturbations: Perturbations | None = None,
@@ -187,7 +220,8 @@ def evaluate_case(
             ``overlap`` and ``blend`` (default: the model's window, 0.25, constant).
         volume: the scan, when ``case`` is a model.
         methods: attribution methods (names or a comma-separated string).
-        metrics: ``faithfulness``, ``sensitivity``, ``complexity``, ``randomisation``.
+        metrics: ``faithfulness``, ``sensitivity``, ``complexity``, ``randomisation``, ``deletion``,
+            ``insertion`` (see :func:`~napari_agg2exp.evaluation.metrics.perturbation_curves`).
         targets: class names or ids; ``None``/``"all"`` = every class present in the prediction.
             Requested classes absent from the prediction are skipped (listed in ``attrs["skipped"]``).
         name: case name in the table (default: the volume's name).
@@ -195,7 +229,10 @@ def evaluate_case(
             quarter of the volume with a warning).
         n_noise, noise_bound: sensitivity noise samples, uniform in ``[−bound, bound]`` (paper: 3, 0.1).
         threshold: complexity threshold θ on ``|a| / max|a|`` (paper: 0.1).
-        baseline: value of the faithfulness subsets' voxels after removal (paper: 0).
+        baseline: value of the faithfulness subsets' and the curves' voxels after removal (paper: 0).
+        curve_step: deletion / insertion step, voxels (default 224², clipped to a tenth of the volume with
+            a warning) or a fraction of the volume in (0, 1) (e.g. 0.05).
+        curve_steps: at most this many curve steps (default: until the whole volume is perturbed).
         seed: metric seed (subsets, noise, random weights); also the methods' seed unless
             ``method_params`` sets one.
         method_params: per-method parameters of :class:`~napari_agg2exp.attribution.Explainer`, e.g.
@@ -209,14 +246,16 @@ def evaluate_case(
     Returns:
         DataFrame ``case,method,target,metric,value`` (one row per method × target × metric).
         ``attrs`` holds ``skipped`` (absent classes), ``subset_size`` (after clipping), ``seconds``
-        (per method), ``model_grid`` (shape) and ``targets``.
+        (per method), ``model_grid`` (shape), ``targets``, ``curve_step`` (voxels after clipping, None
+        without curve metrics) and ``curves``: the curves' columns ``CURVE_COLUMNS`` as lists (read them
+        with :func:`curve_table`); ``score`` is the normalised score ``s_k`` whose mean / area is the value.
 
     Raises:
         Agg2ExpError: unknown method / metric / class, bad settings, or no requested class predicted.
     """
     methods = look_up_methods(methods)
     metrics = look_up_metrics(metrics)
-    check_settings(n_subsets, subset_size, n_noise, noise_bound, threshold)
+    check_settings(n_subsets, subset_size, n_noise, noise_bound, threshold, curve_step, curve_steps)
     bs = max(1, int(batch_size))
     explainers = {}
     for m, params in (method_params or {}).items():
@@ -240,8 +279,10 @@ def evaluate_case(
     model = prepared.model if prepared is not None else case
     name = name or (prepared.image.name if prepared is not None else volume.name) or "case"
 
-    # progress: segmentation, faithfulness drops, then per method: clean maps, noise samples, random model
-    per_method = 1 + (n_noise if "sensitivity" in metrics else 0) + (1 if "randomisation" in metrics else 0)
+    # progress: segmentation, faithfulness drops, then per method: clean maps, noise samples, random model, curves
+    curve_metrics = [m for m in metrics if m in CURVE_METRICS]
+    per_method = (1 + (n_noise if "sensitivity" in metrics else 0) + (1 if "randomisation" in metrics else 0)
+                  + len(curve_metrics))
     units = (1 if prepared is None else 0) + (2 if "faithfulness" in metrics else 0) + len(methods) * per_method
     total = 100 * units
     done = 0
@@ -278,14 +319,17 @@ def evaluate_case(
         raise Agg2ExpError("faithfulness needs voxel subsets in `perturbations`")
     if "sensitivity" in metrics and perturbations.noise is None:
         raise Agg2ExpError("sensitivity needs noise samples in `perturbations`")
+    step = curve_step_size(curve_step, n_vox) if curve_metrics else None
     x = prepared.inputs
     net = model.network
     rows: list[dict[str, Any]] = []
+    curves: dict[str, list] = {c: [] for c in CURVE_COLUMNS}
     seconds: dict[str, float] = {}
     with frozen(net):
         drops = None
-        if "faithfulness" in metrics:
+        if "faithfulness" in metrics or curve_metrics:
             fwd = next(iter(explainers.values())).forward(prepared, ids)
+        if "faithfulness" in metrics:
             drops = score_drops(fwd, x, perturbations.subsets, baseline=baseline, batch_size=bs, progress=sub(2),
                                 cancel=cancel)
         random_net = randomise_network(net, seed) if "randomisation" in metrics else None
@@ -309,6 +353,14 @@ def evaluate_case(
                 maps_random = explainer.attribute(prepared, ids, network=random_net, progress=sub(), cancel=cancel)[0]
                 values["randomisation"] = rank_correlation(maps, maps_random)
                 del maps_random
+            for metric in curve_metrics:
+                c = perturbation_curves(fwd, x, maps, metric, step=curve_step, max_steps=curve_steps,
+                                        baseline=baseline, batch_size=bs, warn=False, progress=sub(), cancel=cancel)
+                values[metric] = deletion_aopc(c) if metric == "deletion" else insertion_auc(c)
+                for target, s in zip(names, c.normalised()):
+                    for k, (f, v) in enumerate(zip(c.fractions, s)):
+                        for col, val in zip(CURVE_COLUMNS, (name, method, target, metric, k, float(f), float(v))):
+                            curves[col].append(val)
             seconds[method] = time.perf_counter() - t0
             for metric in metrics:
                 for target, v in zip(names, values[metric]):
@@ -318,5 +370,5 @@ def evaluate_case(
         progress(total, total, "done")
     df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     df.attrs.update(skipped=list(skipped), subset_size=perturbations.subset_size, seconds=seconds,
-                    model_grid=list(shape), targets=names)
+                    model_grid=list(shape), targets=names, curve_step=step, curves=curves)
     return df

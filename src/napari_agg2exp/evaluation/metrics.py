@@ -14,12 +14,18 @@ so every attribution method is scored on exactly the same perturbations.
   voxels with ``|a| / max|a| > θ``.
 - Model parameter randomisation (Adebayo et al., 2018, https://arxiv.org/abs/1810.03292): Spearman
   correlation of ``|a|`` before and after re-initialising every weight of the model.
+- Deletion / insertion curves (:func:`perturbation_curves`): voxels ranked by attribution are set to the
+  baseline (deletion) or restored from ``x`` into the all-baseline input ``b`` (insertion) in steps;
+  :func:`deletion_aopc` is the AOPC of Samek et al. (2017, https://arxiv.org/abs/1509.06321) and
+  :func:`insertion_auc` the area under the insertion curve (Petsiuk et al., 2018,
+  https://arxiv.org/abs/1806.07421), both of the score normalised by ``f_c(x) − f_c(b)``.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -44,10 +50,22 @@ __all__ = [
     "effective_complexity",
     "randomise_network",
     "rank_correlation",
+    "CURVE_KINDS",
+    "curve_step_size",
+    "curve_counts",
+    "attribution_ranking",
+    "PerturbationCurves",
+    "perturbation_curves",
+    "deletion_aopc",
+    "insertion_auc",
 ]
 
 #: Subset size of the faithfulness correlation in the paper (224², appendix B.2).
 PAPER_SUBSET_SIZE = 224 * 224
+
+#: The two perturbation curves; a clipped step leaves at least ``MIN_CURVE_STEPS`` steps.
+CURVE_KINDS = ("deletion", "insertion")
+MIN_CURVE_STEPS = 10
 
 # stream tags of metric_seed: one independent random stream per kind of perturbation
 _SUBSETS, _NOISE, _WEIGHTS = 1, 2, 3
@@ -321,3 +339,162 @@ def rank_correlation(maps: np.ndarray | torch.Tensor, maps_other: np.ndarray | t
             continue
         out[k] = _pearson(rankdata(a[k]), rankdata(b[k]))
     return out
+
+
+def curve_step_size(step: float, n_voxels: int, *, warn: bool = True) -> int:
+    """Voxels per step of the insertion / deletion curves.
+
+    Args:
+        step: a number of voxels (default 224², as the faithfulness subsets) or a fraction of the volume,
+            a float in (0, 1) (e.g. 0.05: 5 % steps, rounded up). A voxel count above ``n_voxels // 10`` is
+            clipped to that with a warning, so a small volume still gets a curve of 10 steps or more.
+        n_voxels: voxels of the model-grid volume.
+    """
+    n = int(n_voxels)
+    if isinstance(step, (float, np.floating)) and 0 < float(step) < 1:
+        return max(1, int(np.ceil(float(step) * n)))
+    if isinstance(step, bool) or not float(step).is_integer() or int(step) < 1:
+        raise Agg2ExpError(f"curve step must be a number of voxels (>= 1) or a fraction in (0, 1), got {step}")
+    step, cap = int(step), max(1, n // MIN_CURVE_STEPS)
+    if step > cap:
+        if warn:
+            warnings.warn(f"curve step {step} is too large for a volume of {n} voxels on the model grid; using "
+                          f"{cap} voxels ({MIN_CURVE_STEPS} steps) instead", stacklevel=2)
+        return cap
+    return step
+
+
+def curve_counts(n_voxels: int, step: int, max_steps: int | None = None) -> np.ndarray:
+    """(L + 1,) voxels perturbed after step ``k = 0..L``: ``min(k·step, N)``, ``L = min(⌈N / step⌉, max_steps)``."""
+    n, step = int(n_voxels), int(step)
+    n_steps = -(-n // step)
+    if max_steps is not None:
+        if int(max_steps) < 1:
+            raise Agg2ExpError(f"curve steps must be at least 1, got {max_steps}")
+        n_steps = min(n_steps, int(max_steps))
+    return np.minimum(np.arange(n_steps + 1, dtype=np.int64) * step, n)
+
+
+def attribution_ranking(a: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Flat voxel indices of one map, most important first: descending signed attribution, ties by index.
+
+    Normalising by ``max |a|`` does not change the order; the raw values are ranked (no rounding ties).
+    """
+    a = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+    return np.argsort(-a.reshape(-1).astype(np.float64), kind="stable")
+
+
+@dataclass
+class PerturbationCurves:
+    """Deletion or insertion curves of K classes, from :func:`perturbation_curves`. Attributes:
+        kind: ``deletion`` or ``insertion``.
+        counts: (L + 1,) voxels perturbed after each step (``counts[0] = 0``).
+        scores: (K, L + 1) ``f_c`` after each step (rows of all-zero maps are NaN).
+        clean: (K,) ``f_c(x)``.
+        baseline: (K,) ``f_c(b)``, every voxel at the baseline value.
+        n_voxels: voxels of the volume.
+    """
+
+    kind: str
+    counts: np.ndarray
+    scores: np.ndarray
+    clean: np.ndarray
+    baseline: np.ndarray
+    n_voxels: int
+
+    @property
+    def fractions(self) -> np.ndarray:
+        """(L + 1,) fraction ``φ_k`` of the volume perturbed after each step."""
+        return self.counts / float(self.n_voxels)
+
+    def normalised(self) -> np.ndarray:
+        """(K, L + 1) ``(f_c(x_k) − f_c(b)) / (f_c(x) − f_c(b))``: 1 = clean score, 0 = all-baseline score.
+
+        NaN where ``f_c(x) = f_c(b)`` to float32 precision (nothing to normalise by).
+        """
+        den = np.asarray(self.clean, float) - np.asarray(self.baseline, float)
+        flat = np.abs(den) <= 1e-6 * np.maximum(np.abs(self.clean), np.abs(self.baseline))
+        den = np.where(flat, np.nan, den)
+        return (np.asarray(self.scores, float) - np.asarray(self.baseline, float)[:, None]) / den[:, None]
+
+
+def perturbation_curves(forward: SlidingWindowTarget, inputs: torch.Tensor | np.ndarray,
+                        maps: np.ndarray | torch.Tensor, kind: str = "deletion", *,
+                        step: float = PAPER_SUBSET_SIZE, max_steps: int | None = None, baseline: float = 0.0,
+                        batch_size: int = 4, warn: bool = True, progress: ProgressCallback | None = None,
+                        cancel: CancelFlag | None = None) -> PerturbationCurves:
+    """Deletion or insertion curves: ``f_c`` as ranked voxels are removed from / inserted into the input.
+
+    Class ``c``'s voxels are ranked by :func:`attribution_ranking` of its map. Deletion: after step ``k`` the
+    first ``min(k·s, N)`` ranked voxels of ``x`` are set to ``baseline``; insertion: the input is all
+    ``baseline`` except those voxels, which have their values in ``x``. ``f_c`` keeps the clean mask; only
+    the windows that meet ``M_c`` are run, ``batch_size`` perturbed volumes per forward.
+
+    Args:
+        forward: a :class:`~napari_agg2exp.attribution.SlidingWindowTarget` (clean class masks fixed).
+        inputs: (X, Y, Z) model-grid input.
+        maps: (K, X, Y, Z) attributions of ``forward``'s K classes.
+        kind: ``deletion`` or ``insertion``.
+        step: voxels per step or a fraction of the volume, see :func:`curve_step_size` (default 224²).
+        max_steps: at most this many steps (default: until the whole volume is perturbed).
+        baseline: the value of removed voxels (paper: 0).
+        batch_size: perturbed volumes per forward.
+
+    Returns:
+        :class:`PerturbationCurves` with the raw scores.
+    """
+    if kind not in CURVE_KINDS:
+        raise Agg2ExpError(f"curve kind must be one of {', '.join(CURVE_KINDS)}, got {kind!r}")
+    x = torch.as_tensor(inputs).float().to(forward.device)
+    a = _to_numpy(maps)
+    if a.shape != (forward.num_targets,) + tuple(x.shape):
+        raise ValueError(f"maps must be (K, *{tuple(x.shape)}) with K = {forward.num_targets}, got {a.shape}")
+    n = x.numel()
+    counts = curve_counts(n, curve_step_size(step, n, warn=warn), max_steps)
+    b = torch.full_like(x, float(baseline))
+    clean, base = forward.scores(torch.stack([x, b]), cancel=cancel).double().cpu().numpy()
+    start, end = (clean, base) if kind == "deletion" else (base, clean)
+    src, dst = (x.reshape(1, -1), b.reshape(1, -1)) if kind == "deletion" else (b.reshape(1, -1), x.reshape(1, -1))
+    scores = np.full((len(a), len(counts)), np.nan)
+    todo = np.flatnonzero((counts > 0) & (counts < n))
+    bs = max(1, int(batch_size))
+    total, done = len(a) * len(todo), 0
+    for k in range(len(a)):
+        if not np.any(a[k]):  # an all-zero map ranks nothing: NaN, as the other metrics
+            continue
+        scores[k, counts == 0], scores[k, counts == n] = start[k], end[k]
+        pos = torch.empty(n, dtype=torch.long, device=x.device)
+        pos[torch.from_numpy(attribution_ranking(a[k])).to(x.device)] = torch.arange(n, device=x.device)
+        fwd_k = forward.subset([forward.classes[k]])
+        for b0 in range(0, len(todo), bs):
+            check_cancel(cancel)
+            j = todo[b0 : b0 + bs]
+            moved = pos[None] < torch.as_tensor(counts[j], device=x.device)[:, None]
+            batch = torch.where(moved, dst, src).reshape((len(j),) + tuple(x.shape))
+            scores[k, j] = fwd_k.scores(batch, cancel=cancel)[:, 0].double().cpu().numpy()
+            done += len(j)
+            report(progress, done, total, f"{kind} curve")
+    return PerturbationCurves(kind, counts, scores, clean, base, n)
+
+
+def deletion_aopc(curves: PerturbationCurves) -> np.ndarray:
+    """Normalised AOPC of deletion curves, per class: ``(1/L) Σ_{k=1..L} (f_c(x) − f_c(x_k)) / (f_c(x) − f_c(b))``.
+
+    Samek et al. (2017)'s area over the perturbation curve divided by the full drop to the all-baseline input,
+    so classes and scans compare; higher is better (≈ 1: the first step removes the whole score).
+    """
+    if curves.kind != "deletion":
+        raise ValueError(f"deletion_aopc needs deletion curves, got {curves.kind} curves")
+    return np.mean(1.0 - curves.normalised()[:, 1:], axis=1)
+
+
+def insertion_auc(curves: PerturbationCurves) -> np.ndarray:
+    """Normalised area under insertion curves, per class: ``(1/φ_L) ∫_0^{φ_L} s(φ) dφ`` (trapezoid rule).
+
+    ``s`` is the normalised score (:meth:`PerturbationCurves.normalised`), ``φ_k`` the inserted fraction of
+    the volume; higher is better (≈ 1: the first voxels inserted already restore the score).
+    """
+    if curves.kind != "insertion":
+        raise ValueError(f"insertion_auc needs insertion curves, got {curves.kind} curves")
+    s, f = curves.normalised(), curves.fractions
+    return ((s[:, 1:] + s[:, :-1]) * 0.5 * np.diff(f)).sum(axis=1) / f[-1]

@@ -54,6 +54,7 @@ __all__ = [
     "local_importance",
     "look_up_part",
     "naive_local_importance",
+    "occupancy_local_importance",
     "parse_joins",
     "roi_name_map",
 ]
@@ -398,4 +399,62 @@ def naive_local_importance(
                 mass.append(s / total if total > 0 else np.nan)
                 mean.append(s / vals.size if vals.size else np.nan)
             rows.append((str(target), part, [m[0] for m in masks], np.array(mass), np.array(mean)))
+    return _frame(case, rows)
+
+
+def occupancy_local_importance(
+    attributions: Mapping[str, np.ndarray],
+    occupancy: Mapping[str, np.ndarray],
+    *,
+    case: str = "case",
+    parts: Sequence[str] = PARTS,
+    joins: Mapping[str, Sequence[str]] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> pd.DataFrame:
+    """Local RoI importance for RoIs given as fractional occupancy of the attribution grid (SPEC §4).
+
+    ``mass(c ← R) = Σ_v g(a(v))·w_R(v) / Σ_v g(a(v))`` and ``mean(c ← R) = Σ_v g(a(v))·w_R(v) / Σ_v w_R(v)``
+    with ``w_R(v)`` the share of voxel v inside R (from
+    :func:`~napari_agg2exp.data.geometry.label_occupancy`): with 0/1 weights this is
+    :func:`local_importance`; a RoI smaller than a voxel keeps its share.
+
+    Args:
+        attributions: target -> (X, Y, Z) map.
+        occupancy: RoI name -> (X, Y, Z) weights in [0, 1] on the same grid.
+        case, parts, progress, cancel: as in :func:`local_importance`.
+        joins: ``{name: member RoI names}`` reported as the sum of the members' weights.
+
+    Returns:
+        The long table ``case, target, roi, part, mass, mean``.
+    """
+    parts = tuple(look_up_part(p) for p in parts)
+    names = list(occupancy)
+    for name, members in (joins or {}).items():
+        unknown = [m for m in members if m not in occupancy]
+        if unknown:
+            raise Agg2ExpError(f"join {name!r}: unknown RoI {unknown[0]!r}{did_you_mean(unknown[0], names)}")
+    weights = [np.asarray(occupancy[n], np.float64).ravel() for n in names]
+    weights += [sum(np.asarray(occupancy[m], np.float64).ravel() for m in members) for members in (joins or {}).values()]
+    roi_list = names + list(joins or {})
+    sizes = np.array([w.sum() for w in weights])
+    targets = list(attributions)
+    rows = []
+    for t_i, target in enumerate(targets):
+        check_cancel(cancel)
+        report(progress, t_i, len(targets), f"local importance: {target}")
+        a = _array_of(attributions[target])
+        shape = np.shape(occupancy[names[0]]) if names else a.shape
+        _check_shape(target, a, shape)
+        a = a.astype(np.float64).ravel()
+        if not np.isfinite(a).all():
+            raise Agg2ExpError(f"attribution map for {target!r} holds NaN or infinite values -- recompute it")
+        pos, neg = np.maximum(a, 0), np.maximum(-a, 0)
+        for part in parts:
+            g = {"abs": pos + neg, "pos": pos, "neg": neg}[part]
+            total = g.sum()
+            sums = np.array([g @ w for w in weights])
+            mass = _divide(sums, total) if total > 0 else np.full(len(sums), np.nan)
+            rows.append((str(target), part, roi_list, mass, _divide(sums, sizes)))
+    report(progress, len(targets), len(targets), "local importance: done")
     return _frame(case, rows)

@@ -15,12 +15,17 @@ global importance         ``target,roi,part,mean,median,std,q25,q75,n``
 outlier scores            ``case,target,score,outlier``
 Spearman correlations     ``target,rho,p,n``
 ========================  =====================================================
+
+A local importance table may have one more column, ``members``: for a joined RoI (``agg2exp
+aggregate --join lung=a,b,...``) its member RoIs, comma-separated, and empty for every other RoI.
+It records which RoIs contain which, so that the importance graph does not draw an edge from a
+joined RoI into one of its own members (SPEC §5); tables without it have no joined RoIs.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -31,16 +36,19 @@ from napari_agg2exp.files import atomic_write
 __all__ = [
     "GLOBAL_COLUMNS",
     "LOCAL_COLUMNS",
+    "MEMBERS_COLUMN",
     "PARTS",
     "QUALITY_COLUMNS",
     "SCORES_COLUMNS",
     "SPEARMAN_COLUMNS",
     "has_parquet",
+    "join_members",
     "read_local_table",
     "read_local_tables",
     "read_quality_table",
     "read_table",
     "validate_columns",
+    "with_join_members",
     "write_table",
 ]
 
@@ -51,10 +59,12 @@ SCORES_COLUMNS: tuple[str, ...] = ("case", "target", "score", "outlier")
 SPEARMAN_COLUMNS: tuple[str, ...] = ("target", "rho", "p", "n")
 #: The attribution processings of SPEC §4: ``|a|``, ``max(a, 0)``, ``max(-a, 0)``.
 PARTS: tuple[str, ...] = ("abs", "pos", "neg")
+#: Optional column of a local importance table: a joined RoI's members, comma-separated ("" otherwise).
+MEMBERS_COLUMN = "members"
 
 #: Columns always read as text (case names such as ``"001"`` must not become numbers, and a RoI
 #: called ``"none"`` must not become a missing value).
-_TEXT_COLUMNS = ("case", "target", "roi", "part", "class")
+_TEXT_COLUMNS = ("case", "target", "roi", "part", "class", MEMBERS_COLUMN)
 _NA_VALUES = ["", "nan", "NaN", "NA", "<NA>", "null"]
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -149,7 +159,7 @@ def read_table(path: str | os.PathLike, required: Sequence[str] = (), *, what: s
             df = pd.read_parquet(p)
             for c in _TEXT_COLUMNS:
                 if c in df.columns:
-                    df[c] = df[c].astype(str)
+                    df[c] = (df[c].fillna("") if c == MEMBERS_COLUMN else df[c]).astype(str)
     except pd.errors.EmptyDataError as e:
         raise Agg2ExpError(f"{what} {p} is empty -- expected a header {','.join(required)}") from e
     except (OSError, ValueError, pd.errors.ParserError) as e:
@@ -199,6 +209,8 @@ def read_local_tables(paths: Sequence[str | os.PathLike | pd.DataFrame]) -> pd.D
         df["_source"] = f"table {i + 1}" if isinstance(p, pd.DataFrame) else str(p)
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
+    if MEMBERS_COLUMN in df.columns:  # tables without joined RoIs lack the column
+        df[MEMBERS_COLUMN] = df[MEMBERS_COLUMN].fillna("").astype(str)
     key = ["case", "target", "roi", "part"]
     dup = df.duplicated(key, keep=False)
     if dup.any():
@@ -210,6 +222,50 @@ def read_local_tables(paths: Sequence[str | os.PathLike | pd.DataFrame]) -> pd.D
             "give each case once, and give the RoI tables of one case distinct RoI names"
         )
     return df.drop(columns="_source")
+
+
+def with_join_members(df: pd.DataFrame, joins: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    """Record joined-RoI definitions in a local importance table (column ``members``).
+
+    Args:
+        df: local importance table.
+        joins: ``{joined RoI: (member RoI, ...)}``, as given to the computation.
+
+    Returns:
+        A copy of ``df`` whose ``members`` column holds each joined RoI's members, comma-separated,
+        and ``""`` for the other RoIs (members recorded before are kept); ``df`` itself when there
+        is nothing to record.
+    """
+    if not joins:
+        return df
+    out = df.copy()
+    before = out[MEMBERS_COLUMN].fillna("").astype(str) if MEMBERS_COLUMN in out.columns else pd.Series("", out.index)
+    recorded = out["roi"].map(lambda r: ",".join(joins[r]) if r in joins else "")
+    out[MEMBERS_COLUMN] = recorded.where(recorded != "", before)
+    return out
+
+
+def join_members(df: pd.DataFrame) -> dict[str, tuple[str, ...]]:
+    """The joined RoIs recorded in a local importance table: ``{joined RoI: (member RoI, ...)}``.
+
+    Read from the ``members`` column (see :func:`with_join_members`) and from ``df.attrs["joins"]``;
+    a RoI recorded with different members (e.g. in two cases' tables) gets the union of them, in
+    order of first appearance. A table without either has no joined RoIs (``{}``).
+    """
+    found: dict[str, list[str]] = {}
+
+    def add(name, members) -> None:
+        acc = found.setdefault(str(name), [])
+        acc.extend(m for m in members if m not in acc)
+
+    for name, members in (df.attrs.get("joins") or {}).items():
+        add(name, [str(m) for m in members])
+    if MEMBERS_COLUMN in df.columns and "roi" in df.columns:
+        pairs = df[["roi", MEMBERS_COLUMN]].drop_duplicates()
+        for roi, text in zip(pairs["roi"], pairs[MEMBERS_COLUMN], strict=True):
+            if isinstance(text, str) and text.strip():
+                add(roi, [m.strip() for m in text.split(",") if m.strip()])
+    return {k: tuple(v) for k, v in found.items() if v}
 
 
 def read_quality_table(path: str | os.PathLike) -> pd.DataFrame:

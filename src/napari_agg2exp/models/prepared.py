@@ -78,6 +78,18 @@ class PreparedCase:
         return sorted(self.scores)
 
     @property
+    def crop(self) -> tuple[slice, slice, slice]:
+        """The model grid without the padding to the window: the part of it that holds the scan."""
+        return self.pre.crop
+
+    @property
+    def crop_affine(self) -> np.ndarray:
+        """Voxel-to-world affine of the cropped model grid (:attr:`crop`)."""
+        shift = np.eye(4)
+        shift[:3, 3] = [s.start for s in self.crop]
+        return self.pre.affine @ shift
+
+    @property
     def window(self) -> dict:
         """The sliding-window settings, as recorded in outputs."""
         return {"window_size": list(self.plan.window_size), "overlap": self.plan.overlap, "blend": self.plan.blend}

@@ -182,7 +182,7 @@ def case_figures(case: CaseData, targets: Iterable[str] | None = None, *,
     out = {}
     for target in targets if targets is not None else list(case.attributions):
         out[target] = class_figure(
-            case.image, case.attributions[target], case.prediction.array, ids.get(target), class_name=target,
+            case.image, case.map_on_image_grid(target), case.prediction.array, ids.get(target), class_name=target,
             zero_background=zero_background,
             title=f"{case.name}: {target}" + (f" ({method})" if method else ""),
         )

@@ -21,7 +21,7 @@ from matplotlib.patches import FancyArrowPatch, Patch
 
 from napari_agg2exp.data.labels import GROUP_COLOURS, THORAX_LABELS
 from napari_agg2exp.files import atomic_write_bytes
-from napari_agg2exp.importance.global_importance import DEFAULT_EXCLUDE, group_of
+from napari_agg2exp.importance.global_importance import DEFAULT_EXCLUDE, graph_summary, group_of
 
 __all__ = [
     "distribution_figure",
@@ -108,7 +108,8 @@ def graph_figure(graph: nx.DiGraph, *, groups: Mapping[str, str] | None = None, 
     """Draw the importance graph: classes on a circle (by semantic group), custom RoIs inside.
 
     Edge width is proportional to the weight; node colour is the semantic group; squares are custom
-    RoIs ("aggregated twice").
+    RoIs ("aggregated twice"). The default title says how many of the candidate edges are kept and
+    by which rule (``graph.graph["kept"]``, ``["candidates"]``, ``["rule"]``).
     """
     fig = Figure(figsize=(9, 9))
     ax = fig.add_subplot()
@@ -148,9 +149,8 @@ def graph_figure(graph: nx.DiGraph, *, groups: Mapping[str, str] | None = None, 
         handles.append(Line2D([], [], marker="s", ls="", color="white", markeredgecolor="black", label="custom RoI"))
     ax.legend(handles=handles, loc="lower left", fontsize=8, frameon=False)
     part = graph.graph.get("part", "")
-    keep = graph.graph.get("keep_mass")
-    ax.set_title(title or f"Global RoI importance graph (edges RoI -> class, {part} mass"
-                 + (f", cumulative weight <= {keep:g} per class" if keep is not None else "") + ")", fontsize=10)
+    ax.set_title(title or f"Global RoI importance graph (edges RoI -> class, {part} mass)\n"
+                 f"{graph_summary(graph)}", fontsize=10)
     return fig
 
 

@@ -26,11 +26,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import networkx as nx
 import pandas as pd
 
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.files import atomic_write_text
-from napari_agg2exp.importance.global_importance import importance_graph
+from napari_agg2exp.importance.global_importance import (
+    DEFAULT_EXCLUDE,
+    graph_summary,
+    importance_graph,
+)
 from napari_agg2exp.importance.tables import GLOBAL_COLUMNS, read_local_table, read_table
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 from napari_agg2exp.report.case_figures import case_figures
@@ -142,6 +147,24 @@ def _png_or_none(path: Path) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
+def _read_graph(path: Path) -> nx.DiGraph | None:
+    if not path.exists():
+        return None
+    try:
+        return nx.read_graphml(path)
+    except Exception:  # noqa: BLE001 - an unreadable graph only loses the edge counts of the note
+        return None
+
+
+def _graph_note(graph: nx.DiGraph | None, part: str) -> str:
+    text = (f"Edges RoI &rarr; class weighted by global importance (mean {html.escape(part)} mass). Candidate "
+            f"edges: every RoI &rarr; class pair except {', '.join(DEFAULT_EXCLUDE)}, self-edges and joined RoIs "
+            "into a RoI they contain")
+    if graph is None or "kept" not in graph.graph:
+        return text + "."
+    return text + f"; {html.escape(graph_summary(graph))}."
+
+
 def write_cohort_report(cohort_dir: str | os.PathLike, out_html: str | os.PathLike | None = None, *,
                         top: int = 5, part: str = "abs") -> Path:
     """Write the HTML report of a cohort folder (see the module docstring for the layout).
@@ -181,12 +204,14 @@ def write_cohort_report(cohort_dir: str | os.PathLike, out_html: str | os.PathLi
     body += ["<h2>Global RoI importance</h2>",
              (f'<p class="note">Mean over cases of the share of each target\'s attribution ({part}) inside each '
               "RoI.</p>"), _img(heat, "global importance heatmap")]
+    graph = _read_graph(d / "graph.graphml")  # what `agg2exp global` kept: its rule and counts
     graph_png = _png_or_none(d / "graph.png")
     if graph_png is None:
-        graph_png = figure_png(graph_figure(importance_graph(gdf, part)))
-    body += ["<h2>Importance graph</h2>",
-             ('<p class="note">Edges RoI &rarr; class weighted by global importance; per class the heaviest '
-              "edges up to the cumulative weight threshold.</p>"), _img(graph_png, "importance graph")]
+        graph = graph if graph is not None else importance_graph(gdf, part)
+        graph_png = figure_png(graph_figure(graph))
+    graph_part = str(graph.graph.get("part", part)) if graph is not None else part
+    body += ["<h2>Importance graph</h2>", f'<p class="note">{_graph_note(graph, graph_part)}</p>',
+             _img(graph_png, "importance graph")]
 
     rows = []
     for target in pd.unique(gdf["target"]):

@@ -13,8 +13,9 @@ import pandas as pd
 from napari_agg2exp.attribution.explainer import Explainer
 from napari_agg2exp.data.volume import load_volume
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.importance.global_importance import global_importance
+from napari_agg2exp.importance.global_importance import KeepRule, global_importance, keep_rule
 from napari_agg2exp.importance.global_importance import importance_graph as _graph
+from napari_agg2exp.importance.tables import join_members
 from napari_agg2exp.progress import SubProgress, check_cancel
 from napari_agg2exp.viewer.docks import open_widget
 from napari_agg2exp.viewer.jobs import Job, model_for
@@ -26,7 +27,6 @@ from napari_agg2exp.workflows.case_importance import read_local_importance
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
-    import pandas as pd
 
     from napari_agg2exp.models.loading import SegmentationModel
 
@@ -124,24 +124,50 @@ class GraphResult:
     global_: Any
     graph: Any
     part: str
-    keep_mass: float
+    rule: KeepRule
+
+    @property
+    def keep_mass(self) -> float | None:
+        """The cumulative share per class when that rule was used, else None."""
+        return self.rule.value if self.rule.name == "keep_mass" else None
+
+    @property
+    def kept(self) -> int:
+        """Number of edges kept."""
+        return int(self.graph.graph.get("kept", self.graph.number_of_edges()))
+
+    @property
+    def candidates(self) -> int:
+        """Number of candidate edges."""
+        return int(self.graph.graph.get("candidates", self.graph.number_of_edges()))
 
 
-def importance_graph(table: pd.DataFrame, part: str = "abs", keep_mass: float = 0.35,
-                     groups: Mapping[str, str] | None = None) -> GraphResult:
-    """Global importance (SPEC §5) and the class-to-RoI graph of a local importance table."""
+def importance_graph(table: pd.DataFrame, part: str = "abs", keep_mass: float | None = None,
+                     groups: Mapping[str, str] | None = None, *, keep_fraction: float | None = None,
+                     top_k: int | None = None) -> GraphResult:
+    """Global importance (SPEC §5) and the class-to-RoI graph of a local importance table.
+
+    One of ``keep_fraction`` (default 1/3 of all candidate edges), ``top_k`` (per class) or
+    ``keep_mass`` (cumulative share per class); joined RoIs recorded in the table (its ``members``
+    column) send no edge into a RoI they contain.
+    """
+    rule = keep_rule(keep_fraction, top_k, keep_mass)
     g = global_importance(table)
-    return GraphResult(table, g, _graph(g, part=part, keep_mass=keep_mass, groups=groups), part, keep_mass)
+    graph = _graph(g, part=part, groups=groups, joins=join_members(table), **rule.kwargs())
+    return GraphResult(table, g, graph, part, rule)
 
 
 def show_graph(viewer: napari.Viewer, tables: pd.DataFrame | str | Path | Sequence[str | Path] | None = None, *,
-               part: str = "abs", keep_mass: float = 0.35) -> GraphResult | None:
+               part: str = "abs", keep_mass: float | None = None, keep_fraction: float | None = None,
+               top_k: int | None = None) -> GraphResult | None:
     """Show the importance graph and the distribution plots in the "Cohort & graph" dock.
 
     Args:
         tables: None (the session's cohort / RoI tables), a local importance DataFrame, or paths of
             local importance CSV files.
-        part, keep_mass: graph options (SPEC §5).
+        part: graph option (SPEC §5).
+        keep_fraction, top_k, keep_mass: the edge rule, at most one (default: the heaviest third of
+            all candidate edges); see :func:`importance_graph`.
 
     Returns:
         The :class:`GraphResult` drawn.
@@ -154,4 +180,4 @@ def show_graph(viewer: napari.Viewer, tables: pd.DataFrame | str | Path | Sequen
         else:
             load_tables(viewer, [tables] if isinstance(tables, (str, Path)) else list(tables))
     widget = open_widget(viewer, "Cohort & graph")
-    return widget.draw(part=part, keep_mass=keep_mass)
+    return widget.draw(part=part, keep_mass=keep_mass, keep_fraction=keep_fraction, top_k=top_k)

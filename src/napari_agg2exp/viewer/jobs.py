@@ -24,12 +24,13 @@ import torch.fx.experimental.symbolic_shapes  # noqa: F401
 
 from napari_agg2exp.attribution.explainer import Explainer
 from napari_agg2exp.attribution.methods import look_up_method
-from napari_agg2exp.data.geometry import resample_labels
+from napari_agg2exp.data.geometry import label_occupancy, resample_labels
 from napari_agg2exp.data.volume import Volume
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.evaluation.evaluate import METRICS, look_up_methods, look_up_metrics
+from napari_agg2exp.evaluation.evaluate import PAPER_METRICS, look_up_methods, look_up_metrics
 from napari_agg2exp.evaluation.metrics import PAPER_SUBSET_SIZE
-from napari_agg2exp.importance.local import local_importance
+from napari_agg2exp.importance.local import local_importance, occupancy_local_importance, parse_joins, roi_name_map
+from napari_agg2exp.importance.tables import with_join_members
 from napari_agg2exp.models import loading as models
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress, check_cancel, report
 from napari_agg2exp.report.case_figures import display_limits
@@ -252,6 +253,7 @@ def explain_job(viewer: napari.Viewer, image: napari.layers.Image | str | None =
         if new:
             state.set_model(m)
         state.prepared[img.name] = prepared
+        state.explanations[img.name] = e
         pred = prediction_layer(viewer, img)
         if pred is None or pred.data.shape != e.prediction.shape or not np.array_equal(pred.data, e.prediction.array):
             add_prediction(viewer, img, e.prediction.array, e.class_names, m.source)
@@ -342,13 +344,28 @@ def roi_importance_job(viewer: napari.Viewer, image: napari.layers.Image | str |
     maps = {t: ly.data for t, ly in maps_layers.items()}
     source = "prediction" if not custom else layer.name
     shape, affine = tuple(img.data.shape[-3:]), layer_affine(img)
+    e, prepared = state.explanations.get(img.name), state.prepared.get(img.name)
+    on_model_grid = e is not None and prepared is not None and set(maps) <= set(e.targets)
 
     def compute(progress, cancel):
-        grid = _on_image_grid(labels, shape, affine)
+        if on_model_grid:  # aggregate on the grid the model saw (SPEC §4): masses do not depend on the spacing
+            crop = prepared.crop
+            model_maps = {t: e.maps_model[e.targets.index(t)][crop] for t in maps}
+            if not custom:
+                return local_importance(model_maps, prepared.labels[crop], names, case=img.name, parts=parts,
+                                        joins=joins, progress=progress, cancel=cancel)
+            ids = [int(i) for i in np.unique(labels.array) if i != 0]
+            occ = label_occupancy(labels, prepared.labels[crop].shape, prepared.crop_affine, ids)
+            by_id = roi_name_map(names, ids)
+            return occupancy_local_importance(model_maps, {by_id[i]: occ[i] for i in ids}, case=img.name,
+                                              parts=parts, joins=joins, progress=progress, cancel=cancel)
+        grid = _on_image_grid(labels, shape, affine)  # maps added by hand: on the image's grid
         return local_importance(maps, grid, names, case=img.name, parts=parts, joins=joins,
                                 skip_labels=(0,) if custom else (), progress=progress, cancel=cancel)
 
     def apply(table):
+        if joins:  # record the join definitions with the table (the graph must not draw a join into its members)
+            table = with_join_members(table, parse_joins(joins))
         state.add_table((img.name, source), table)
         t = target or (state.selected_class if state.selected_class in maps else next(iter(maps)))
         write_features(layer, table, t)
@@ -378,7 +395,7 @@ def evaluate_job(viewer: napari.Viewer, image: napari.layers.Image | str | None 
     Args:
         image, model: as in :func:`explain_job`.
         methods: attribution methods to score.
-        metrics: among ``faithfulness``, ``sensitivity``, ``complexity``, ``randomisation`` (None: all).
+        metrics: names of :data:`~napari_agg2exp.evaluation.evaluate.METRICS` (None: the paper's four, SPEC §6).
         targets: classes (None: every class present).
         n_subsets, subset_size, n_noise, threshold, seed: metric settings (paper defaults; the subset
             size defaults to the paper's 224², clipped to a quarter of the volume).
@@ -389,7 +406,7 @@ def evaluate_job(viewer: napari.Viewer, image: napari.layers.Image | str | None 
     state = session(viewer)
     img = get_image_layer(viewer, image)
     vol = layer_volume(img)
-    settings = {"methods": look_up_methods(methods), "metrics": look_up_metrics(tuple(METRICS) if metrics is None
+    settings = {"methods": look_up_methods(methods), "metrics": look_up_metrics(PAPER_METRICS if metrics is None
                                                                                 else metrics),
                 "n_subsets": n_subsets, "subset_size": PAPER_SUBSET_SIZE if subset_size is None else int(subset_size),
                 "n_noise": n_noise, "threshold": threshold, "seed": seed,

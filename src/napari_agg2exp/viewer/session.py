@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from psygnal import Signal
 
+from napari_agg2exp.attribution.explainer import Explanation
 from napari_agg2exp.data.volume import Volume
 from napari_agg2exp.models.prepared import PreparedCase
 
@@ -38,6 +39,7 @@ class Session:
         busy: title of the model run in progress (widgets refuse a second run), or None.
         prepared: the segmented scan (:class:`~napari_agg2exp.models.prepared.PreparedCase`) of each image,
             reused by explain and evaluate so nothing segments the same scan twice.
+        explanations: the last explanation of each image (its model-grid maps, for RoI importance).
 
     Signals (psygnal): ``model_changed(model)``, ``class_selected(name)``, ``tables_changed()``,
     ``busy_changed(title or None)``.
@@ -57,10 +59,12 @@ class Session:
         self.methods: dict[str, str] = {}
         self.busy: str | None = None
         self.prepared: dict[str, PreparedCase] = {}
+        self.explanations: dict[str, Explanation] = {}
 
     def set_model(self, model: SegmentationModel) -> None:
         self.model = model
         self.prepared.clear()
+        self.explanations.clear()
         self.model_changed.emit(model)
 
     def select_class(self, name: str | None) -> None:

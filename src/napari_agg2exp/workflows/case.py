@@ -18,14 +18,15 @@ import pandas as pd
 
 from napari_agg2exp.attribution.explainer import Explainer, Explanation
 from napari_agg2exp.data.dice import quality_table
-from napari_agg2exp.data.geometry import resample_labels
+from napari_agg2exp.data.geometry import label_occupancy
 from napari_agg2exp.data.volume import Volume, load_volume
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.evaluation.evaluate import evaluate_case
 from napari_agg2exp.files import safe_file_name
-from napari_agg2exp.importance.local import local_importance
+from napari_agg2exp.importance.local import local_importance, occupancy_local_importance
 from napari_agg2exp.models.loading import SegmentationModel
 from napari_agg2exp.models.prepared import PreparedCase, prepare_case
+from napari_agg2exp.options import look_up_option
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress, check_cancel, report
 from napari_agg2exp.workflows.case_folder import CaseFolder
 
@@ -87,6 +88,7 @@ def run_case(
     evaluate: Mapping[str, Any] | None = None,
     out: CaseFolder | None = None,
     keep_maps: bool = True,
+    maps_on: str = "model",
     prepared: PreparedCase | None = None,
     window_size: int | Sequence[int] | None = None,
     overlap: float = 0.25,
@@ -112,6 +114,8 @@ def run_case(
             :func:`~napari_agg2exp.evaluation.evaluate.evaluate_case`), computed on the same segmentation.
         out: the case folder to write (prediction, labels, maps, tables, ``case.json`` last).
         keep_maps: write the attribution maps into ``out``.
+        maps_on: grid of the written maps: ``"model"`` (the grid the model saw, its own affine; SPEC §4, §9)
+            or ``"input"`` (resampled to the scan's grid on request). Aggregation always uses the model grid.
         prepared: a scan already prepared with this model (then ``image`` is its image and no
             segmentation runs).
         window_size, overlap, blend, sw_batch_size: sliding window (SPEC §2 defaults).
@@ -124,6 +128,7 @@ def run_case(
     Raises:
         Agg2ExpError: bad inputs (checked before the segmentation), no asked class predicted.
     """
+    maps_on = look_up_option(maps_on, ("model", "input"), what="maps grid")
     vol, gt = read_case_inputs(prepared.image if prepared is not None else image, ground_truth)
     roi_vol = None if rois is None else (rois if isinstance(rois, Volume) else load_volume(rois, what="RoI volume"))
     name = case or vol.name or "case"
@@ -153,21 +158,27 @@ def run_case(
     if explainer is not None:
         e = explainer.explain(prepared, targets, progress=sub("explain"), cancel=cancel)
         result.explanation = e
-        maps = {}
-        for i, t in enumerate(e.targets):
-            check_cancel(cancel)
-            maps[safe_file_name(t)] = e.map_on_input(t)
-            if out is not None and keep_maps:
-                out.write_attribution(t, vol.like(maps[safe_file_name(t)]))
-            report(sub("write"), i + 1, len(e.targets), f"maps: {t}")
+        # the model grid without its padding: aggregation happens here (SPEC §4), maps are written here by default
+        crop, grid_affine = prepared.crop, prepared.crop_affine
+        maps = {safe_file_name(t): e.maps_model[k][crop] for k, t in enumerate(e.targets)}
+        if out is not None and keep_maps:
+            if maps_on == "model":
+                out.write_model_prediction(Volume(prepared.labels[crop], grid_affine))
+            for i, t in enumerate(e.targets):
+                check_cancel(cancel)
+                grid_map = maps[safe_file_name(t)]
+                out.write_attribution(t, Volume(grid_map, grid_affine) if maps_on == "model"
+                                      else vol.like(e.map_on_input(t)))
+                report(sub("write"), i + 1, len(e.targets), f"maps: {t}")
         if local:
             names = [safe_file_name(n) for n in model.class_names]
-            table = local_importance(maps, e.prediction.array, names, case=name, progress=sub("local"), cancel=cancel)
-            if roi_vol is not None:
-                arr = roi_vol.array if roi_vol.shape == vol.shape else resample_labels(roi_vol, vol)
-                custom = local_importance(maps, arr, dict(enumerate(roi_names)) if roi_names is not None and not
-                                          isinstance(roi_names, Mapping) else (roi_names or {}),
-                                          case=name, skip_labels=(0,), cancel=cancel)
+            table = local_importance(maps, prepared.labels[crop], names, case=name, progress=sub("local"),
+                                     cancel=cancel)
+            if roi_vol is not None:  # custom RoIs: their share of each model voxel
+                occ = label_occupancy(roi_vol, prepared.labels[crop].shape, grid_affine)
+                roi_map = dict(roi_names) if isinstance(roi_names, Mapping) else dict(enumerate(roi_names or []))
+                occupancy = {str(roi_map.get(i, f"label_{i}")): w for i, w in sorted(occ.items())}
+                custom = occupancy_local_importance(maps, occupancy, case=name, cancel=cancel)
                 table = pd.concat([table, custom], ignore_index=True)
             result.local_importance = table
         del maps

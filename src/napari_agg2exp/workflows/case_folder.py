@@ -7,7 +7,9 @@ every ``COHORT/cases/<case>``::
                                   "ground_truth": ..., "model": ..., "files": [...]}; written last
     prediction.nii.gz            uint8 labels on the input grid and affine
     labels.json                  {"0": "background", "1": ...} class names by id
-    attributions/<class>.nii.gz  float32 attribution map per explained class (none without maps)
+    attributions/<class>.nii.gz  float32 attribution map per explained class on the model grid with its own
+                                 affine (the input grid with ``maps_on="input"``; none without maps)
+    prediction_model_grid.nii.gz the clean prediction on the maps' model grid (the predicted RoIs)
     attribution_info.json        method, parameters, targets, scores, completeness, timings
     local_importance.csv         case,target,roi,part,mass,mean
     quality.csv                  case,class,dice,iou (with ground truth)
@@ -28,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from napari_agg2exp.data.geometry import resample_labels
+from napari_agg2exp.data.geometry import grid_volume, resample_labels, resample_map
 from napari_agg2exp.data.labels import as_label_array, label_names_json, read_label_names
 from napari_agg2exp.data.volume import Volume, load_volume, save_volume
 from napari_agg2exp.errors import Agg2ExpError
@@ -43,6 +46,7 @@ __all__ = ["LAYOUT_VERSION", "CaseData", "CaseFolder", "load_case", "is_case_fol
 LAYOUT_VERSION = 2
 CASE_FILE = "case.json"
 PREDICTION = "prediction.nii.gz"
+MODEL_PREDICTION = "prediction_model_grid.nii.gz"
 LABELS = "labels.json"
 ATTRIBUTIONS = "attributions"
 ATTRIBUTION_INFO = "attribution_info.json"
@@ -98,9 +102,12 @@ class CaseData:
         image: the input scan (None when not loaded).
         prediction: predicted labels on the input grid.
         class_names: class names by id.
-        attributions: target -> (X, Y, Z) float32 map on the prediction's grid, in class order (read
+        attributions: target -> (X, Y, Z) float32 map on the maps' grid, in class order (read
             from disk on each access unless loaded eagerly); empty when the folder keeps no maps.
         info: ``case.json`` merged with the method information.
+        maps_grid: the maps' grid as an empty-array :class:`Volume` (shape and affine): the model grid,
+            or the prediction's grid for maps written on the input grid (and folders of version 0.1).
+        maps_labels: the clean prediction on the maps' grid (the predicted RoIs for aggregation).
     """
 
     case_dir: Path
@@ -110,6 +117,20 @@ class CaseData:
     class_names: list[str]
     attributions: Mapping[str, np.ndarray]
     info: dict = field(default_factory=dict)
+    maps_grid: Volume | None = None
+    maps_labels: Volume | None = None
+
+    @property
+    def maps_on_prediction_grid(self) -> bool:
+        g = self.maps_grid
+        return g is None or (g.shape == self.prediction.shape and np.allclose(g.affine, self.prediction.affine))
+
+    def map_on_image_grid(self, target: str) -> np.ndarray:
+        """One map on the prediction's (input) grid, resampled trilinearly when stored on the model grid."""
+        a = self.attributions[target]
+        if self.maps_on_prediction_grid:
+            return a
+        return resample_map(Volume(a, self.maps_grid.affine), self.prediction.shape, self.prediction.affine)
 
     @property
     def ground_truth_path(self) -> Path | None:
@@ -174,6 +195,11 @@ class CaseFolder:
         dtype = np.uint8 if int(prediction.array.max(initial=0)) < 256 else np.int32
         save_volume(prediction, self._written(PREDICTION), dtype=dtype)
         atomic_write_text(self._written(LABELS), label_names_json(list(class_names)))
+
+    def write_model_prediction(self, labels: Volume) -> None:
+        """``prediction_model_grid.nii.gz``: the clean prediction on the maps' model grid."""
+        dtype = np.uint8 if int(labels.array.max(initial=0)) < 256 else np.int32
+        save_volume(labels, self._written(MODEL_PREDICTION), dtype=dtype)
 
     def write_attribution(self, target: str, volume: Volume) -> Path:
         """``attributions/<class>.nii.gz`` (float32)."""
@@ -262,6 +288,19 @@ class CaseFolder:
                 return [k for k in z.files if k != "affine"]
         return []
 
+    def maps_grid(self) -> Volume | None:
+        """The stored maps' grid (shape and affine, read from the first map's header), or None."""
+        att = self.path / ATTRIBUTIONS
+        files = sorted(p for p in att.iterdir() if p.name.endswith(_NIFTI)) if att.is_dir() else []
+        if not files:
+            return None
+        try:
+            img = nib.load(str(files[0]))
+            shape, affine = tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, float)
+        except Exception as e:  # noqa: BLE001 - nibabel raises many types for broken files
+            raise Agg2ExpError(f"cannot read {files[0]} ({type(e).__name__}) -- the case folder is damaged") from e
+        return grid_volume(shape, affine)
+
     def attribution(self, target: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """One stored map as float32 (on the input grid for this layout)."""
         att = self.path / ATTRIBUTIONS
@@ -323,7 +362,15 @@ class CaseFolder:
             if missing:
                 raise Agg2ExpError(f"no attribution map for {missing} in {self.path} -- available: {', '.join(ordered)}")
             ordered = [t for t in ordered if t in set(wanted)]
-        maps: Mapping[str, np.ndarray] = _LazyMaps(lambda t: self.attribution(t, prediction.shape), ordered)
+        grid, maps_labels = self.maps_grid(), None
+        if grid is not None and (grid.shape != prediction.shape or not np.allclose(grid.affine, prediction.affine)):
+            if not (self.path / MODEL_PREDICTION).is_file():
+                raise Agg2ExpError(f"{self.path} has maps on the model grid but no {MODEL_PREDICTION} -- rerun the "
+                                   "command that wrote it")
+            mp = load_volume(self.path / MODEL_PREDICTION, what="model-grid prediction")
+            maps_labels = Volume(as_label_array(mp.array), mp.affine, mp.name)
+        shape = prediction.shape if grid is None else grid.shape
+        maps: Mapping[str, np.ndarray] = _LazyMaps(lambda t: self.attribution(t, shape), ordered)
         if not lazy:
             maps = {t: maps[t] for t in ordered}
         image = None
@@ -336,7 +383,7 @@ class CaseFolder:
                 raise Agg2ExpError(f"input image {img} has shape {image.shape} but the prediction has shape "
                                    f"{prediction.shape} -- the case folder names the wrong image")
         name = str(info.get("case") or self.path.name)
-        return CaseData(self.path, name, image, prediction, class_names, maps, info)
+        return CaseData(self.path, name, image, prediction, class_names, maps, info, grid, maps_labels)
 
 
 def _cohort_class_names(cohort_dir: Path) -> list[str] | None:

@@ -9,12 +9,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_agg2exp.data.geometry import resample_labels
+from napari_agg2exp.data.geometry import label_occupancy, resample_labels
 from napari_agg2exp.data.labels import as_label_array, read_label_names
 from napari_agg2exp.data.volume import Volume, load_volume
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.importance.local import local_importance
-from napari_agg2exp.importance.tables import PARTS, read_local_tables, write_table
+from napari_agg2exp.importance.local import (
+    local_importance,
+    occupancy_local_importance,
+    parse_joins,
+    roi_name_map,
+)
+from napari_agg2exp.importance.tables import (
+    PARTS,
+    join_members,
+    read_local_tables,
+    with_join_members,
+    write_table,
+)
 from napari_agg2exp.progress import CancelFlag, ProgressCallback
 from napari_agg2exp.workflows.case_folder import LOCAL_TABLE, CaseData, CaseFolder, is_case_folder, load_case
 
@@ -77,11 +88,27 @@ def case_local_importance(
     if not isinstance(case, CaseData):
         case = load_case(case, load_image=False)
     custom = rois is not None
+    if isinstance(rois, (str, os.PathLike)):
+        rois = load_volume(rois, what="RoI label volume")
     arr, names = _rois_for(case, rois, roi_names, ground_truth)
     if skip_labels is None:
         skip_labels = (0,) if custom else ()
-    return local_importance(case.attributions, arr, names, case=case.name, parts=parts, joins=joins,
-                            skip_labels=skip_labels, progress=progress, cancel=cancel)
+    if case.maps_on_prediction_grid:
+        return local_importance(case.attributions, arr, names, case=case.name, parts=parts, joins=joins,
+                                skip_labels=skip_labels, progress=progress, cancel=cancel)
+    if not custom and not ground_truth:  # the predicted RoIs are on the model grid already
+        return local_importance(case.attributions, case.maps_labels.array, names, case=case.name, parts=parts,
+                                joins=joins, skip_labels=skip_labels, progress=progress, cancel=cancel)
+    # ground truth or custom RoIs on the scan's grid: their share of each model voxel (SPEC §4)
+    source = rois if isinstance(rois, Volume) else Volume(arr, case.prediction.affine)
+    skip = {int(s) for s in skip_labels}
+    ids = [int(i) for i in np.unique(as_label_array(source.array)) if int(i) not in skip]
+    occ = label_occupancy(source, case.maps_grid.shape, case.maps_grid.affine, ids)
+    by_id = roi_name_map(names, ids)
+    occupancy = {by_id[i]: occ[i] for i in ids}
+    return occupancy_local_importance(case.attributions, occupancy, case=case.name, parts=parts,
+                                      joins=parse_joins(joins or {}, occupancy) if joins else None,
+                                      progress=progress, cancel=cancel)
 
 
 def write_local_importance(
@@ -101,7 +128,8 @@ def write_local_importance(
 
     This is what ``agg2exp explain`` calls at its end (defaults: predicted RoIs, all parts, written
     to ``CASE_DIR/local_importance.csv``). Arguments as :func:`case_local_importance`; ``out`` is
-    the table to write (``.csv``, or ``.parquet`` with pyarrow).
+    the table to write (``.csv``, or ``.parquet`` with pyarrow). The ``joins`` are recorded in the
+    table's ``members`` column (see :func:`~napari_agg2exp.importance.tables.with_join_members`).
 
     Returns:
         The path written.
@@ -109,6 +137,7 @@ def write_local_importance(
     case = load_case(case_dir, load_image=False)
     df = case_local_importance(case, rois, roi_names, ground_truth=ground_truth, joins=joins, parts=parts,
                                skip_labels=skip_labels, progress=progress, cancel=cancel)
+    df = with_join_members(df, parse_joins(joins) if joins else {})
     return write_table(df, Path(out) if out is not None else case.case_dir / LOCAL_TABLE)
 
 
@@ -117,6 +146,10 @@ def read_local_importance(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
 
     A case folder gives its ``local_importance.csv`` (computed for the predicted RoIs when absent and
     the folder keeps maps); a cohort folder (with ``cases/``) gives every committed case's table.
+
+    Joined RoIs recorded by whoever computed a table (its ``members`` column, written by ``agg2exp
+    aggregate --join``) are kept, and also set as ``attrs["joins"]`` (``{joined RoI: members}``,
+    empty for tables without joins) for the importance graph.
 
     Raises:
         Agg2ExpError: a path that is none of these, or tables that cannot be combined.
@@ -138,4 +171,6 @@ def read_local_importance(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         for f in folders:
             table = CaseFolder(f).local_importance()
             sources.append(table if table is not None else case_local_importance(f))
-    return read_local_tables(sources)
+    df = read_local_tables(sources)
+    df.attrs["joins"] = join_members(df)
+    return df

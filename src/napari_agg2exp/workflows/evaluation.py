@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from napari_agg2exp.evaluation.evaluate import CURVE_METRICS, curve_table
 from napari_agg2exp.evaluation.summary import summary_markdown
 from napari_agg2exp.files import atomic_write_text
 from napari_agg2exp.models.loading import SegmentationModel
@@ -37,6 +38,9 @@ def evaluate_cases(
 ) -> tuple[pd.DataFrame, str]:
     """Evaluate every case; write ``metrics.csv``, ``metrics.md``, ``evaluation_info.json`` (and ``quality.csv``).
 
+    With a ``deletion`` or ``insertion`` metric the curves go to ``curves.csv``
+    (``case,method,target,metric,step,fraction,score``, the normalised score after each step).
+
     Args:
         model: the segmentation model.
         cases: rows ``{case, image[, labels]}`` (see :func:`~napari_agg2exp.workflows.manifest.read_manifest`).
@@ -52,7 +56,7 @@ def evaluate_cases(
         (metrics table, Markdown summary).
     """
     out = Path(out_dir)
-    tables, quality, info_cases = [], [], []
+    tables, quality, info_cases, curves = [], [], [], []
     for i, c in enumerate(cases):
         t0 = time.perf_counter()
         res = run_case(model, c["image"], case=c["case"], ground_truth=c.get("labels"), targets=targets,
@@ -62,14 +66,18 @@ def evaluate_cases(
                        **dict(window or {}))
         df = res.metrics
         tables.append(df)
+        curves.append(curve_table(df))
         info_cases.append({"case": c["case"], "image": str(c["image"]), "seconds": round(time.perf_counter() - t0, 1),
                            "seconds_per_method": {k: round(v, 1) for k, v in df.attrs["seconds"].items()},
                            "targets": df.attrs["targets"], "skipped": df.attrs["skipped"],
-                           "model_grid": df.attrs["model_grid"], "subset_size": df.attrs["subset_size"]})
+                           "model_grid": df.attrs["model_grid"], "subset_size": df.attrs["subset_size"],
+                           "curve_step": df.attrs.get("curve_step")})
         if res.quality is not None:
             quality.append(res.quality)
     table = pd.concat(tables, ignore_index=True)
     atomic_write_text(out / "metrics.csv", table.to_csv(index=False))
+    if any(m in CURVE_METRICS for m in metrics):
+        atomic_write_text(out / "curves.csv", pd.concat(curves, ignore_index=True).to_csv(index=False))
     md = summary_markdown(table, settings)
     atomic_write_text(out / "metrics.md", md)
     info = {"model": model.source, "methods": list(methods), "metrics": list(metrics), "settings": dict(settings or {}),

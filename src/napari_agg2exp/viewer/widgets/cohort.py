@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGridLayout,
+    QHBoxLayout,
     QLabel,
     QPushButton,
     QSplitter,
@@ -26,6 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_agg2exp.attribution.explainer import METHODS
+from napari_agg2exp.importance.global_importance import DEFAULT_KEEP_FRACTION, KeepRule, keep_rule
 from napari_agg2exp.report.cohort_figures import distribution_figure, graph_figure
 from napari_agg2exp.viewer.cohort_graph import (
     GraphResult,
@@ -48,6 +50,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari.qt.threading import FunctionWorker
 
 __all__ = ["CohortGraphWidget", "node_artists"]
+
+#: The edge rules offered by the dock: (label, rule name, range, decimals, step, default, tooltip).
+_RULES = (
+    ("Heaviest share of all edges", "keep_fraction", (0.01, 1.0), 3, 0.05, round(DEFAULT_KEEP_FRACTION, 3),
+     "keep the heaviest share of all candidate edges, ranked over the whole graph (default 1/3, as in the paper)"),
+    ("Top k per class", "top_k", (1, 100), 0, 1, 3, "per class, keep its k heaviest candidate edges"),
+    ("Cumulative share per class", "keep_mass", (0.0, 1.0), 2, 0.05, 0.5,
+     ("per class, keep the heaviest candidate edges while their cumulative share among the class's candidates "
+      "<= this (the heaviest always)")),
+)
 
 
 def node_artists(fig: Figure, graph: nx.DiGraph) -> dict[str, object]:
@@ -97,12 +109,17 @@ class CohortGraphWidget(PluginWidget):
         self._part = QComboBox()
         self._part.addItems(["abs", "pos", "neg"])
         form.addRow("Part", self._part)
+        self._rule = QComboBox()
+        for label, name, *_ in _RULES:
+            self._rule.addItem(label, name)
+        self._rule.setToolTip("which candidate edges the graph keeps (candidates: every RoI -> class pair except "
+                              "background/none, self-edges and joined RoIs into a RoI they contain)")
         self._keep = QDoubleSpinBox()
-        self._keep.setRange(0.01, 1.0)
-        self._keep.setSingleStep(0.05)
-        self._keep.setValue(0.35)
-        self._keep.setToolTip("per class, keep the heaviest incoming edges while their cumulative weight <= this")
-        form.addRow("Edge mass kept", self._keep)
+        keep_row = QHBoxLayout()
+        keep_row.addWidget(self._rule, 1)
+        keep_row.addWidget(self._keep)
+        form.addRow("Keep edges", keep_row)
+        self._rule_changed()
         self._target = QComboBox()
         form.addRow("Distribution of", self._target)
         self._draw, self._cancel, self._status = run_row(lay, "Draw")
@@ -125,6 +142,8 @@ class CohortGraphWidget(PluginWidget):
         self._folder.clicked.connect(self._folder_dialog)
         self._draw.clicked.connect(lambda: self.draw())
         self._part.currentTextChanged.connect(lambda *_: self.draw() if self.result is not None else None)
+        self._rule.currentIndexChanged.connect(self._rule_changed)
+        self._rule.currentIndexChanged.connect(lambda *_: self.draw() if self.result is not None else None)
         self._target.currentTextChanged.connect(self._target_changed)
         self.state.class_selected.connect(self._class_selected)
 
@@ -164,22 +183,57 @@ class CohortGraphWidget(PluginWidget):
         return self.runner.start(lambda: cohort_job(self.viewer, images, method),
                                  on_done=lambda _t: self.draw())
 
+    # ---- edge rule
+    def _rule_changed(self, *_) -> None:
+        """Set the value box to the chosen rule's range and default."""
+        _, _, (lo, hi), decimals, step, default, tip = _RULES[max(self._rule.currentIndex(), 0)]
+        self._keep.blockSignals(True)
+        self._keep.setDecimals(decimals)
+        self._keep.setRange(lo, hi)
+        self._keep.setSingleStep(step)
+        self._keep.setValue(default)
+        self._keep.setToolTip(tip)
+        self._keep.blockSignals(False)
+
+    def keep_rule(self) -> KeepRule:
+        """The edge rule the controls show (``0.333`` is read as exactly 1/3)."""
+        name, value = self._rule.currentData(), self._keep.value()
+        if name == "top_k":
+            return keep_rule(top_k=round(value))
+        if name == "keep_fraction":
+            return keep_rule(keep_fraction=DEFAULT_KEEP_FRACTION if abs(value - DEFAULT_KEEP_FRACTION) < 5e-4
+                             else value)
+        return keep_rule(keep_mass=value)
+
+    def set_keep_rule(self, rule: KeepRule) -> None:
+        """Show ``rule`` in the controls (without drawing)."""
+        self._rule.blockSignals(True)
+        self._rule.setCurrentIndex(self._rule.findData(rule.name))
+        self._rule.blockSignals(False)
+        self._rule_changed()
+        self._keep.setValue(float(rule.value))
+
     # ---- drawing
-    def draw(self, part: str | None = None, keep_mass: float | None = None) -> GraphResult | None:
-        """Draw the graph and the distribution of the current table; returns the GraphResult (None on error)."""
+    def draw(self, part: str | None = None, keep_mass: float | None = None, *, keep_fraction: float | None = None,
+             top_k: int | None = None) -> GraphResult | None:
+        """Draw the graph and the distribution of the current table; returns the GraphResult (None on error).
+
+        ``keep_fraction``, ``top_k`` or ``keep_mass`` (at most one) sets the edge rule first.
+        """
         if part is not None:
             self._part.setCurrentText(part)
-        if keep_mass is not None:
-            self._keep.setValue(float(keep_mass))
         try:
+            if keep_fraction is not None or top_k is not None or keep_mass is not None:
+                self.set_keep_rule(keep_rule(keep_fraction, top_k, keep_mass))
             table = cohort_table(self.viewer)
-            res = importance_graph(table, self._part.currentText(), self._keep.value())
+            res = importance_graph(table, self._part.currentText(), **self.keep_rule().kwargs())
         except Exception as e:  # noqa: BLE001 - shown as a notification
             notify_error(e)
             return None
         self.result = res
-        fig = graph_figure(res.graph, title=f"RoI → class importance ({res.part} mass, "
-                                          f"≤ {res.keep_mass:g} per class)")
+        counts = f"{res.kept} of {res.candidates} candidate edges kept"
+        fig = graph_figure(res.graph, title=f"RoI → class importance ({res.part} mass): {counts}\n"
+                                          f"({res.rule.describe()})")
         ax = fig.axes[0]
         ax.title.set_fontsize(9)
         fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95)
@@ -193,8 +247,8 @@ class CohortGraphWidget(PluginWidget):
             artist.set_gid(name)
         self._graph_view.show_figure(fig, on_pick=self._node_picked, layout=None)
         n_cases = table["case"].nunique()
-        self._info.setText(f"{n_cases} case{'s' if n_cases != 1 else ''}, {res.graph.number_of_nodes()} nodes, "
-                           f"{res.graph.number_of_edges()} edges ({res.part} mass, kept ≤ {res.keep_mass:g} per class)")
+        self._info.setText(f"{n_cases} case{'s' if n_cases != 1 else ''}, {res.graph.number_of_nodes()} nodes; "
+                           f"{counts} ({res.part} mass, {res.rule.describe()})")
         targets = [t for t in dict.fromkeys(table["target"]) if t not in ("background", "none")] or \
             list(dict.fromkeys(table["target"]))
         current = self.state.selected_class if self.state.selected_class in targets else self._target.currentText()

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 
 from napari_agg2exp.attribution.explainer import METHODS
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.evaluation.evaluate import METRICS
+from napari_agg2exp.evaluation.evaluate import METRICS, PAPER_METRICS
 from napari_agg2exp.viewer.display import metric_table
 from napari_agg2exp.viewer.jobs import evaluate_job
 from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, run_row
@@ -88,7 +88,7 @@ class EvaluateWidget(PluginWidget):
         lay.addWidget(QLabel("Metrics"))
         arrow = {"higher": "↑", "lower": "↓"}
         self._metrics = _checklist({k: f"{v.title} {arrow.get(v.better, '')}" for k, v in METRICS.items()},
-                                   set(METRICS))
+                                   set(PAPER_METRICS))
         lay.addWidget(self._metrics)
         self._subsets = QSpinBox()
         self._subsets.setRange(2, 10_000)

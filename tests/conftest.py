@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -64,6 +65,19 @@ def ct_file(tmp_path):
 def write_labels_json(path, names):
     path.write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
     return path
+
+
+class LinearSeg(torch.nn.Module):
+    """``z_c(x) = w_c · x + b_c`` per voxel: f_c is linear in x, so gradients, IG, ablation and Shapley
+    values are known in closed form."""
+
+    def __init__(self, w=(0.5, -1.0, 2.0), b=(0.1, 0.0, -0.2)):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(w).view(1, -1, 1, 1, 1))
+        self.b = torch.nn.Parameter(torch.tensor(b).view(1, -1, 1, 1, 1))
+
+    def forward(self, x):
+        return x * self.w + self.b
 
 
 def model_grid_case(net, x, window, overlap=0.25, blend="constant"):

@@ -23,19 +23,9 @@ from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
 from napari_agg2exp.models.loading import SegmentationModel, build_network
 from napari_agg2exp.data.volume import Volume
 
-from conftest import tiny_spec
+from conftest import LinearSeg, tiny_spec
 
 
-class LinearSeg(torch.nn.Module):
-    """z_c(x) = w_c · x + b_c per voxel: linear in x, so gradients are known in closed form."""
-
-    def __init__(self, w=(0.5, -1.0, 2.0), b=(0.1, 0.0, -0.2)):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(w).view(1, -1, 1, 1, 1))
-        self.b = torch.nn.Parameter(torch.tensor(b).view(1, -1, 1, 1, 1))
-
-    def forward(self, x):
-        return x * self.w + self.b
 
 
 def _stitched_autograd(net, x, plan, mask, c):

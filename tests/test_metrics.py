@@ -36,25 +36,15 @@ from napari_agg2exp.evaluation.evaluate import (
 from napari_agg2exp.evaluation.summary import summarise, summary_markdown
 from napari_agg2exp.models.loading import build_network
 
-from conftest import attribution_fn, model_grid_case, tiny_spec
+from conftest import LinearSeg, attribution_fn, model_grid_case, tiny_spec
 
 PHANTOM_GRID = dict(shape=(40, 36, 40), spacing=7.0)
 
 
-class LinearSeg(torch.nn.Module):
-    """z_c(x) = w_c · x + b_c per voxel: f_c is linear in x, so every metric has a closed form."""
-
-    def __init__(self, w=(0.5, -1.0, 2.0), b=(0.3, 0.0, -0.9)):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(w).view(1, -1, 1, 1, 1))
-        self.b = torch.nn.Parameter(torch.tensor(b).view(1, -1, 1, 1, 1))
-
-    def forward(self, x):
-        return x * self.w + self.b
 
 
 def _linear_setup(shape=(12, 10, 9), seed=0):
-    net = LinearSeg()
+    net = LinearSeg(b=(0.3, 0.0, -0.9))
     for p in net.parameters():
         p.requires_grad_(False)
     x = torch.from_numpy(np.random.default_rng(seed).random(shape, dtype=np.float32))
@@ -227,7 +217,7 @@ def test_randomisation_changes_unet_maps_and_leaves_the_model_untouched():
 
 
 def test_randomise_network_covers_parameters_without_reset(tiny_thorax):
-    net = LinearSeg()
+    net = LinearSeg(b=(0.3, 0.0, -0.9))
     before = _state(net)
     r = randomise_network(net, seed=3)
     assert _same_state(before, _state(net))

@@ -29,19 +29,9 @@ from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
 from napari_agg2exp.models.loading import build_network
 
-from conftest import model_grid_case, tiny_spec
+from conftest import LinearSeg, model_grid_case, tiny_spec
 
 
-class LinearSeg(torch.nn.Module):
-    """z_c(x) = w_c · x + b_c per voxel: f_c is additive over voxels, so ablation and Shapley values are known."""
-
-    def __init__(self, w=(0.5, -1.0, 2.0), b=(0.1, 0.0, -0.2)):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(w).view(1, -1, 1, 1, 1))
-        self.b = torch.nn.Parameter(torch.tensor(b).view(1, -1, 1, 1, 1))
-
-    def forward(self, x):
-        return x * self.w + self.b
 
 
 class Counting(torch.nn.Module):

@@ -280,3 +280,14 @@ def test_cli_explain_occlusion_end_to_end(tmp_path, tiny_model_dir, ct_file, cap
         assert a.dtype == np.float32 and np.isfinite(a).all() and np.abs(a).max() > 0
     assert (out / "local_importance.csv").exists()
     assert load_volume(out / "prediction.nii.gz").shape == load_volume(ct_file).shape
+
+
+@pytest.mark.parametrize("method, features", [("feature-ablation", "prediction"), ("kernelshap-semantic", "prediction"),
+                                              ("feature-ablation", "cubes")])
+def test_cli_features_by_name(tmp_path, tiny_model_dir, ct_file, method, features):
+    out = tmp_path / "out"
+    extra = ["--samples", "8"] if method == "kernelshap-semantic" else ["--cubes-per-axis", "2"]
+    assert main(["explain", str(ct_file), "--model", str(tiny_model_dir), "--method", method, "--features", features,
+                 "--out", str(out), *extra]) == 0
+    info = __import__("json").loads((out / "attribution_info.json").read_text())
+    assert info["parameters"]["features"] == features

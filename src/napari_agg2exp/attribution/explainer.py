@@ -116,9 +116,11 @@ class Explainer:
 
     def recorded_parameters(self) -> dict[str, Any]:
         """The parameters as written to ``attribution_info.json`` (a feature volume is named, not stored)."""
-        out = {k: v for k, v in self.parameters.items() if k != "feature_mask"}
-        if "feature_mask" in self.parameters:
-            out["features"] = "prediction" if self.parameters["feature_mask"] is None else "custom"
+        out = {k: v for k, v in self.parameters.items() if k not in ("feature_mask", "features")}
+        for key in ("feature_mask", "features"):
+            if key in self.parameters:
+                value = self.parameters[key]
+                out["features"] = "prediction" if value is None else value if isinstance(value, str) else "custom"
         return out
 
     def forward(self, prepared: PreparedCase, target_ids: Sequence[int],

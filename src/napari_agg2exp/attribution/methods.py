@@ -189,7 +189,7 @@ def _run_ks_cubes(fwd, x, prepared, p, progress, cancel):
 def semantic_features(prepared: PreparedCase, feature_mask: Volume | np.ndarray | None) -> np.ndarray:
     """Semantic KernelSHAP features on the model grid: the clean prediction, or a label volume on the
     input grid (a :class:`Volume` or an array shaped like the input) mapped there by nearest neighbour."""
-    if feature_mask is None:
+    if feature_mask is None or (isinstance(feature_mask, str) and feature_mask == "prediction"):
         return prepared.labels
     arr = feature_mask.array if isinstance(feature_mask, Volume) else np.asarray(feature_mask)
     if tuple(arr.shape) != tuple(prepared.image.shape):

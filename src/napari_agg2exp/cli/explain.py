@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ground-truth", default=None, help="ground-truth labels: also writes quality.csv")
     add_method_args(p)
     p.add_argument("--features", default=None,
-                   help="KernelSHAP semantic: label volume of the features (default: prediction)")
+                   help="features of kernelshap-semantic, feature-ablation and shapley-sampling: a label volume on "
+                        "the image grid, or 'prediction' / 'cubes' (feature-ablation, shapley-sampling)")
     p.add_argument("--spread", default=None, choices=["even", "broadcast"], help="KernelSHAP per-voxel convention")
     p.add_argument("--case", default=None, help="case name in the tables (default: the image file name)")
     p.add_argument("--out", required=True, help="output folder")
@@ -52,7 +53,7 @@ def explainer_from_args(method: str, args: argparse.Namespace, **settings: Any) 
     """The method's explainer from the generic flags (each method reads the ones it takes)."""
     m = look_up_method(method)
     given = {**method_settings(args), **settings}
-    if given.get("features") is not None:
+    if given.get("features") not in (None, "cubes", "prediction"):
         given["features"] = load_volume(given["features"], what="features")
     return Explainer(m, **m.parameters_from_settings(given))
 
@@ -71,9 +72,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     check_out_dir(args.out, args.overwrite)
     image, _ = read_case_inputs(args.image, args.ground_truth)  # fail fast on bad input, before the model loads
     explainer = explainer_from_args(args.method, args)
-    if explainer.parameters.get("feature_mask") is not None and explainer.parameters["feature_mask"].shape != image.shape:
-        raise Agg2ExpError(f"feature volume shape {explainer.parameters['feature_mask'].shape} differs from the "
-                           f"image's {image.shape}")
+    for key in ("feature_mask", "features"):
+        fm = explainer.parameters.get(key)
+        if hasattr(fm, "shape") and fm.shape != image.shape:
+            raise Agg2ExpError(f"feature volume shape {fm.shape} differs from the image's {image.shape} -- give the "
+                               "features on the image's grid")
     model = model_from_args(args)
     with staged_output(args.out, args.overwrite) as tmp:
         res = run_case(model, args.image, case=args.case, ground_truth=args.ground_truth, explainer=explainer,

@@ -71,7 +71,7 @@ class Parameter:
         """The value, validated and converted; ``None`` gives the default."""
         if value is None:
             return self.default
-        what = f"{method} parameter {self.name}"
+        what = f"{method} parameter {self.name}" + (f" (--{self.setting.replace('_', '-')})" if self.setting else "")
         if self.choices is not None:
             return look_up_option(value, self.choices, what=what)
         if self.kind is object:

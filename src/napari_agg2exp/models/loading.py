@@ -327,6 +327,9 @@ def load_model(
             spec.class_names = names
         net = build_network(spec)
         if spec.weights:
+            if not isinstance(spec.weights, str) or Path(spec.weights).is_absolute() or ".." in Path(spec.weights).parts:
+                raise Agg2ExpError(f"{spec_path.name}: \"weights\" must be a file name inside the model folder, got "
+                                   f"{spec.weights!r} -- put the weights next to {spec_path.name}")
             wpath = spec_path.parent / spec.weights
             if not wpath.exists():
                 raise Agg2ExpError(f"weights file {wpath} named in {spec_path.name} is missing")

@@ -237,6 +237,9 @@ def run_cohort(
     """
     from distributed import as_completed
 
+    for name, value in (("--workers", workers), ("--threads-per-worker", threads_per_worker)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise Agg2ExpError(f"{name} must be a whole number >= 1, got {value}")
     rows = read_manifest(manifest) if not isinstance(manifest, list) else manifest
     out = Path(out_dir)
     _check_config(out, cfg)

@@ -109,6 +109,7 @@ class Explainer:
         self.method = look_up_method(method)
         self.parameters = self.method.build_parameters(parameters)
         self.batch_classes = batch_classes
+        self._forward: tuple[PreparedCase, tuple[int, ...], torch.nn.Module, SlidingWindowTarget] | None = None
 
     @property
     def name(self) -> str:
@@ -125,10 +126,16 @@ class Explainer:
 
     def forward(self, prepared: PreparedCase, target_ids: Sequence[int],
                 network: torch.nn.Module | None = None) -> SlidingWindowTarget:
-        """The stitched, masked class scores of ``prepared``'s clean prediction."""
-        return SlidingWindowTarget(prepared.model.network if network is None else network, prepared.plan,
-                                   prepared.labels, target_ids, sw_batch_size=prepared.sw_batch_size,
-                                   batch_classes=self.batch_classes)
+        """The stitched, masked class scores of ``prepared``'s clean prediction (kept for repeated calls with
+        the same case, classes and network, e.g. the metrics' perturbed inputs)."""
+        net = prepared.model.network if network is None else network
+        ids = tuple(int(c) for c in target_ids)
+        cached = self._forward
+        if cached is None or cached[0] is not prepared or cached[1] != ids or cached[2] is not net:
+            cached = self._forward = (prepared, ids, net, SlidingWindowTarget(
+                net, prepared.plan, prepared.labels, ids, sw_batch_size=prepared.sw_batch_size,
+                batch_classes=self.batch_classes))
+        return cached[3]
 
     def attribute(self, prepared: PreparedCase, target_ids: Sequence[int], *, inputs: torch.Tensor | None = None,
                   network: torch.nn.Module | None = None, progress: ProgressCallback | None = None,

@@ -70,7 +70,7 @@ def print_explanation(e: Explanation) -> None:
 def cmd_explain(args: argparse.Namespace) -> int:
     look_up_method(args.method)  # unknown method: a one-line error with a suggestion
     check_out_dir(args.out, args.overwrite)
-    image, _ = read_case_inputs(args.image, args.ground_truth)  # fail fast on bad input, before the model loads
+    image, gt = read_case_inputs(args.image, args.ground_truth)  # read once, before the model loads
     explainer = explainer_from_args(args.method, args)
     for key in ("feature_mask", "features"):
         fm = explainer.parameters.get(key)
@@ -79,7 +79,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                "features on the image's grid")
     model = model_from_args(args)
     with staged_output(args.out, args.overwrite) as tmp:
-        res = run_case(model, args.image, case=args.case, ground_truth=args.ground_truth, explainer=explainer,
+        res = run_case(model, image, case=args.case, ground_truth=gt, explainer=explainer,
                        targets=None if args.classes in (None, "all") else args.classes,
                        out=CaseFolder(tmp, final=args.out), window_size=window_from_args(args), overlap=args.overlap,
                        blend=args.blend, sw_batch_size=args.sw_batch_size, maps_on=args.maps_on,

@@ -41,10 +41,10 @@ def print_quality(table: pd.DataFrame) -> None:
 def cmd_segment(args: argparse.Namespace) -> int:
     ws = window_from_args(args)
     check_out_dir(args.out, args.overwrite)
-    read_case_inputs(args.image, args.ground_truth)  # fail fast on bad input, before the model loads
+    image, gt = read_case_inputs(args.image, args.ground_truth)  # read once, before the model loads
     model = model_from_args(args)
     with staged_output(args.out, args.overwrite) as tmp:
-        res = run_case(model, args.image, ground_truth=args.ground_truth, out=CaseFolder(tmp, final=args.out),
+        res = run_case(model, image, ground_truth=gt, out=CaseFolder(tmp, final=args.out),
                        window_size=ws, overlap=args.overlap, blend=args.blend, sw_batch_size=args.sw_batch_size,
                        progress=TerminalProgress("segment"))
     print(f"wrote {Path(args.out) / 'prediction.nii.gz'}")

@@ -33,11 +33,13 @@ class Volume:
         array: (X, Y, Z) data.
         affine: (4, 4) voxel-to-world (RAS+ mm, NIfTI convention) matrix.
         name: optional display name (file stem).
+        source: the file it was read from (empty for volumes made in memory).
     """
 
     array: np.ndarray
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     name: str = ""
+    source: str = ""
 
     def __post_init__(self) -> None:
         self.affine = np.asarray(self.affine, dtype=float)
@@ -98,7 +100,7 @@ def load_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
     if min(data.shape) < 2:
         raise Agg2ExpError(f"{what} file {p} has shape {tuple(data.shape)} -- a 3D volume (not a 2D slice) is needed")
     affine = img.affine if img.affine is not None else np.eye(4)
-    return Volume(np.asarray(data), np.asarray(affine, dtype=float), _stem(p))
+    return Volume(np.asarray(data), np.asarray(affine, dtype=float), _stem(p), str(p))
 
 
 def save_volume(volume: Volume | np.ndarray, path: str | os.PathLike, affine: np.ndarray | None = None,

@@ -217,9 +217,11 @@ class CaseFolder:
     def inputs_record(self, image: Volume | str | os.PathLike | None = None,
                       ground_truth: Volume | str | os.PathLike | None = None,
                       rois: Volume | str | os.PathLike | None = None) -> dict[str, str]:
-        """The input files as recorded (relative paths); volumes given in memory are not recorded."""
+        """The input files as recorded (relative paths): paths, or the file a volume was read from; volumes
+        made in memory are not recorded."""
         given = {"image": image, "ground_truth": ground_truth, "rois": rois}
-        return {k: self.relative(v) for k, v in given.items() if isinstance(v, (str, os.PathLike))}
+        paths = {k: v.source if isinstance(v, Volume) else v for k, v in given.items()}
+        return {k: self.relative(v) for k, v in paths.items() if isinstance(v, (str, os.PathLike)) and str(v)}
 
     def write_case(self, case: str, *, model: str | None = None, **extra: Any) -> Path:
         """``case.json``, written last: a folder with it is complete (``extra``: image, ground truth, ...)."""
@@ -278,11 +280,15 @@ class CaseFolder:
                 return Volume(as_label_array(pred.array), pred.affine, pred.name)
         raise Agg2ExpError(f"{self.path} has no {PREDICTION} -- rerun the command that wrote it")
 
+    def _map_files(self) -> dict[str, Path]:
+        """target -> NIfTI map in ``attributions/`` (sorted by file name)."""
+        att = self.path / ATTRIBUTIONS
+        return {_stem(p): p for p in sorted(att.iterdir()) if p.name.endswith(_NIFTI)} if att.is_dir() else {}
+
     def attribution_names(self) -> list[str]:
         """Targets with a stored map (file stems), unordered."""
-        att = self.path / ATTRIBUTIONS
-        if att.is_dir():
-            return [_stem(p) for p in sorted(att.iterdir()) if p.name.endswith(_NIFTI)]
+        if (self.path / ATTRIBUTIONS).is_dir():
+            return list(self._map_files())
         if (self.path / _LEGACY_MAPS).is_file():
             with np.load(self.path / _LEGACY_MAPS) as z:
                 return [k for k in z.files if k != "affine"]
@@ -290,8 +296,7 @@ class CaseFolder:
 
     def maps_grid(self) -> Volume | None:
         """The stored maps' grid (shape and affine, read from the first map's header), or None."""
-        att = self.path / ATTRIBUTIONS
-        files = sorted(p for p in att.iterdir() if p.name.endswith(_NIFTI)) if att.is_dir() else []
+        files = list(self._map_files().values())
         if not files:
             return None
         try:
@@ -301,11 +306,13 @@ class CaseFolder:
             raise Agg2ExpError(f"cannot read {files[0]} ({type(e).__name__}) -- the case folder is damaged") from e
         return grid_volume(shape, affine)
 
-    def attribution(self, target: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """One stored map as float32 (on the input grid for this layout)."""
+    def attribution(self, target: str, shape: tuple[int, ...] | None = None,
+                    files: dict[str, Path] | None = None) -> np.ndarray:
+        """One stored map as float32, on the maps' grid (``files``: :meth:`_map_files`, listed once by a caller
+        reading many maps)."""
         att = self.path / ATTRIBUTIONS
         if att.is_dir():
-            files = {_stem(p): p for p in att.iterdir() if p.name.endswith(_NIFTI)}
+            files = self._map_files() if files is None else files
             if target not in files:
                 raise Agg2ExpError(f"no attribution map for {target!r} in {att}")
             arr = np.asarray(load_volume(files[target], what=f"attribution map of {target!r}").array, np.float32)
@@ -370,7 +377,8 @@ class CaseFolder:
             mp = load_volume(self.path / MODEL_PREDICTION, what="model-grid prediction")
             maps_labels = Volume(as_label_array(mp.array), mp.affine, mp.name)
         shape = prediction.shape if grid is None else grid.shape
-        maps: Mapping[str, np.ndarray] = _LazyMaps(lambda t: self.attribution(t, shape), ordered)
+        files = self._map_files()
+        maps: Mapping[str, np.ndarray] = _LazyMaps(lambda t: self.attribution(t, shape, files), ordered)
         if not lazy:
             maps = {t: maps[t] for t in ordered}
         image = None

@@ -41,10 +41,13 @@ def add_window_args(p: argparse.ArgumentParser, *, batch: bool = True) -> None:
     g = p.add_argument_group("sliding window")
     g.add_argument("--window-size", type=int, nargs="+", default=None,
                    help="window size (1 or 3 ints); default: the model's (96)")
-    g.add_argument("--overlap", type=float, default=0.25, help="window overlap in [0, 1) (default 0.25)")
-    g.add_argument("--blend", default="constant", help="blending of overlapping windows: constant or gaussian")
+    g.add_argument("--overlap", type=float, default=None,
+                   help="window overlap in [0, 1) (default: the model's, else 0.25)")
+    g.add_argument("--blend", default=None,
+                   help="blending of overlapping windows: constant or gaussian (default: the model's, else constant)")
     if batch:
-        g.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass (default 1)")
+        g.add_argument("--sw-batch-size", type=int, default=None,
+                       help="windows per forward pass (default: the model's, else 1)")
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:

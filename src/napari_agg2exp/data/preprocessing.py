@@ -16,7 +16,7 @@ does not guarantee for arbitrary shapes.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import nibabel.orientations as nio
 import numpy as np
@@ -95,6 +95,10 @@ class Preprocessed:
     oriented_shape: tuple[int, int, int]
     resampled_shape: tuple[int, int, int]
     pad: tuple[tuple[int, int], ...] = field(default=((0, 0), (0, 0), (0, 0)))
+    #: set by other preprocessors (bundles, nnU-Net): ``inverse(array, mode)`` maps (..., model grid) to the
+    #: input grid; ``forward_labels(labels)`` maps an input-grid label array to the model grid
+    inverse: Callable[[np.ndarray, str], np.ndarray] | None = None
+    forward_labels: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def crop(self) -> tuple[slice, slice, slice]:
@@ -130,12 +134,13 @@ def _orient(volume: Volume, codes: str | None):
     return np.ascontiguousarray(arr), aff, tfm
 
 
-def preprocess(volume: Volume, spec: PreprocessingSpec, window_size: tuple[int, int, int] | None = None) -> Preprocessed:
+def preprocess(volume: Volume, spec: Any, window_size: tuple[int, int, int] | None = None) -> Preprocessed:
     """Map an input volume to the model's grid and intensity range.
 
     Args:
         volume: the input scan (any axis-aligned orientation, any spacing).
-        spec: the model's preprocessing.
+        spec: the model's preprocessing: a :class:`PreprocessingSpec`, or a model format's own
+            preprocessor (an object with ``apply(volume, window_size) -> Preprocessed``).
         window_size: the sliding window; every axis is padded to at least this size.
 
     Returns:
@@ -143,6 +148,8 @@ def preprocess(volume: Volume, spec: PreprocessingSpec, window_size: tuple[int, 
     """
     if volume.array.ndim != 3:
         raise Agg2ExpError(f"expected a 3D volume, got shape {volume.array.shape}")
+    if not isinstance(spec, PreprocessingSpec):  # a model format's own preprocessor (bundle, nnU-Net)
+        return spec.apply(volume, window_size)
     arr, aff, ornt = _orient(volume, spec.orientation)
     oriented_shape = tuple(int(s) for s in arr.shape)
     arr = arr.astype(np.float32, copy=False)
@@ -188,6 +195,8 @@ def preprocess_labels(labels: Volume | np.ndarray, pre: Preprocessed) -> np.ndar
     arr = labels.array if isinstance(labels, Volume) else np.asarray(labels)
     if tuple(arr.shape) != tuple(pre.input_shape):
         raise Agg2ExpError(f"label volume shape {arr.shape} differs from the image's {pre.input_shape} -- they must share a grid")
+    if pre.forward_labels is not None:
+        return np.asarray(pre.forward_labels(arr)).astype(np.int16)
     arr = np.ascontiguousarray(nio.apply_orientation(arr, pre.ornt))
     arr = resample_array(arr.astype(np.int16), pre.resampled_shape, mode="nearest")
     return np.pad(arr, pre.pad, constant_values=0).astype(np.int16)
@@ -206,6 +215,8 @@ def to_input_grid(array: np.ndarray, pre: Preprocessed, mode: str = "trilinear")
     """
     if tuple(array.shape[-3:]) != tuple(pre.array.shape):
         raise ValueError(f"array shape {array.shape} is not on the model grid {pre.array.shape}")
+    if pre.inverse is not None:
+        return np.ascontiguousarray(pre.inverse(array, mode))
     lead = (slice(None),) * (array.ndim - 3)
     out = array[lead + pre.crop]
     out = resample_array(out, pre.oriented_shape, mode=mode)

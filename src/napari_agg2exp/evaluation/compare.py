@@ -74,7 +74,7 @@ def shared_classes(models: Sequence[Any], data_names: Sequence[str] | None) -> l
 
 def case_dice(model: SegmentationModel, image: Volume, labels: Volume, classes: Sequence[str],
               data_names: Sequence[str] | None = None, *, window_size: int | Sequence[int] | None = None,
-              overlap: float = 0.25, blend: str = "constant", sw_batch_size: int = 1,
+              overlap: float | None = None, blend: str | None = None, sw_batch_size: int | None = None,
               progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> dict[str, float]:
     """Dice of each class of ``classes`` for one model on one case (NaN: in neither volume).
 
@@ -103,7 +103,7 @@ def case_dice(model: SegmentationModel, image: Volume, labels: Volume, classes: 
 
 def dice_table(models: dict[str, Any], cases: Sequence[str | os.PathLike], data_names: Sequence[str] | None = None,
                *, classes: Sequence[str] | None = None, window_size: int | Sequence[int] | None = None,
-               overlap: float = 0.25, blend: str = "constant", sw_batch_size: int = 1,
+               overlap: float | None = None, blend: str | None = None, sw_batch_size: int | None = None,
                progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> pd.DataFrame:
     """Per-case Dice of every model: DataFrame ``case,model,class,dice``.
 

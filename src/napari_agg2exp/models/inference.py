@@ -8,6 +8,7 @@ attribution engine needs per-window vector-Jacobian products through the same st
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +23,10 @@ from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, 
 
 __all__ = [
     "BLEND_MODES",
+    "PLACEMENTS",
     "SlidingWindow",
     "window_slices",
+    "nnunet_window_slices",
     "sliding_window_logits",
     "check_window_options",
     "forward_logits",
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 BLEND_MODES = ("constant", "gaussian")
+PLACEMENTS = ("monai", "nnunet")
 
 
 def window_size_3d(window_size: int | Sequence[int]) -> tuple[int, int, int]:
@@ -46,13 +50,22 @@ def window_size_3d(window_size: int | Sequence[int]) -> tuple[int, int, int]:
     return ws
 
 
-def check_window_options(window_size: int | Sequence[int], overlap: float,
-                         blend: str) -> tuple[tuple[int, int, int], float, str]:
-    """Normalised ``(window_size, overlap, blend)``; bad values raise :class:`Agg2ExpError`."""
+def check_window_options(window_size: int | Sequence[int], overlap: float | None,
+                         blend: str | None) -> tuple[tuple[int, int, int], float | None, str | None]:
+    """Normalised ``(window_size, overlap, blend)``; bad values raise :class:`Agg2ExpError`.
+
+    ``None`` for ``overlap`` or ``blend`` passes through (it means "the model's default").
+    """
     ws = window_size_3d(window_size)
-    if not 0.0 <= float(overlap) < 1.0:
-        raise Agg2ExpError(f"overlap must be in [0, 1), got {overlap}")
-    return ws, float(overlap), look_up_option(blend, BLEND_MODES, what="blend mode")
+    if overlap is not None:
+        try:
+            ok = 0.0 <= float(overlap) < 1.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise Agg2ExpError(f"overlap must be a number in [0, 1), got {overlap}")
+        overlap = float(overlap)
+    return ws, overlap, None if blend is None else look_up_option(blend, BLEND_MODES, what="blend mode")
 
 
 def window_slices(shape: Sequence[int], window_size: Sequence[int], overlap: float) -> list[tuple[slice, slice, slice]]:
@@ -61,6 +74,19 @@ def window_slices(shape: Sequence[int], window_size: Sequence[int], overlap: flo
     ws = tuple(min(w, s) for w, s in zip(window_size, shape))
     interval = tuple(max(1, int(w * (1 - overlap))) if w < s else w for w, s in zip(ws, shape))
     return [tuple(sl) for sl in dense_patch_slices(shape, ws, interval)]
+
+
+def nnunet_window_slices(shape: Sequence[int], window_size: Sequence[int],
+                         step: float = 0.5) -> list[tuple[slice, slice, slice]]:
+    """Window positions as nnU-Net v2 places them (``compute_steps_for_sliding_window``, tile step ``step``)."""
+    shape = tuple(int(s) for s in shape)
+    steps = []
+    for n, w in zip(shape, window_size):
+        w = min(int(w), n)
+        num = int(np.ceil((n - w) / (w * step))) + 1
+        actual = (n - w) / (num - 1) if num > 1 else 0.0
+        steps.append([(int(np.round(actual * i)), w) for i in range(num)])
+    return [tuple(slice(b, b + w) for b, w in pos) for pos in itertools.product(*steps)]
 
 
 @dataclass
@@ -84,12 +110,14 @@ class SlidingWindow:
 
     @classmethod
     def plan(cls, shape: Sequence[int], window_size: int | Sequence[int] = (96, 96, 96), overlap: float = 0.25,
-             blend: str = "constant", device: torch.device | str = "cpu") -> SlidingWindow:
+             blend: str = "constant", device: torch.device | str = "cpu", placement: str = "monai") -> SlidingWindow:
+        """Plan windows; ``placement`` is ``"monai"`` (MONAI's ``dense_patch_slices``) or ``"nnunet"``."""
         ws, overlap, blend = check_window_options(window_size, overlap, blend)
+        placement = look_up_option(placement, PLACEMENTS, what="window placement")
         shape = tuple(int(s) for s in shape)
         if any(s < w for s, w in zip(shape, ws)):
             raise Agg2ExpError(f"volume {shape} is smaller than the window {ws}; pad it first (preprocess pads to the window)")
-        slices = window_slices(shape, ws, overlap)
+        slices = window_slices(shape, ws, overlap) if placement == "monai" else nnunet_window_slices(shape, ws, 1 - overlap)
         weight = compute_importance_map(ws, mode=blend, sigma_scale=0.125, device=device, dtype=torch.float32)
         count = torch.zeros(shape, dtype=torch.float32, device=device)
         for sl in slices:

@@ -198,7 +198,8 @@ class SegmentationModel:
     Attributes:
         network: the torch module, in eval mode, on ``device``; maps (B, 1, X, Y, Z) -> (B, C, X, Y, Z) logits.
         class_names: one name per output channel.
-        preprocessing: how inputs are prepared.
+        preprocessing: how inputs are prepared: a :class:`PreprocessingSpec`, or an object with
+            ``apply(volume, window_size) -> Preprocessed`` and ``to_dict()`` (bundles, nnU-Net).
         window_size: sliding-window size.
         device: torch device.
         source: where it was loaded from.
@@ -212,6 +213,12 @@ class SegmentationModel:
     device: Any
     source: str = ""
     spec: ModelSpec | None = None
+    #: sliding-window defaults of the model's own format (a bundle's inferer, nnU-Net's predictor);
+    #: ``prepare_case`` uses them where the caller gives ``None``
+    overlap: float = 0.25
+    blend: str = "constant"
+    sw_batch_size: int = 1
+    placement: str = "monai"
 
     @property
     def num_classes(self) -> int:

@@ -116,9 +116,9 @@ def prepare_case(
     image: Volume,
     *,
     window_size: int | Sequence[int] | None = None,
-    overlap: float = 0.25,
-    blend: str = "constant",
-    sw_batch_size: int = 1,
+    overlap: float | None = None,
+    blend: str | None = None,
+    sw_batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
 ) -> PreparedCase:
@@ -127,17 +127,21 @@ def prepare_case(
     Args:
         model: a loaded model.
         image: the input scan (any axis-aligned orientation and spacing).
-        window_size: sliding window (default: the model's); overlap, blend: SPEC §2 defaults.
-        sw_batch_size: windows per forward pass.
+        window_size: sliding window (default: the model's); overlap, blend: ``None`` = the model's
+            (SPEC §2 defaults 0.25, constant, unless the model's format sets them).
+        sw_batch_size: windows per forward pass (``None`` = the model's, 1 unless its format sets it).
         progress, cancel: progress callback and cancel flag.
 
     Raises:
         Agg2ExpError: bad window options or a model whose outputs do not fit its class names.
     """
     ws, overlap, blend = check_window_options(model.window_size if window_size is None else window_size, overlap, blend)
+    overlap = model.overlap if overlap is None else overlap
+    blend = model.blend if blend is None else blend
+    sw_batch_size = model.sw_batch_size if sw_batch_size is None else sw_batch_size
     pre = preprocess(image, model.preprocessing, ws)
     x = torch.from_numpy(pre.array).to(model.device)
-    plan = SlidingWindow.plan(pre.array.shape, ws, overlap, blend, device=model.device)
+    plan = SlidingWindow.plan(pre.array.shape, ws, overlap, blend, device=model.device, placement=model.placement)
     try:
         with frozen(model.network), torch.no_grad():
             logits = sliding_window_logits(model.network, x[None], plan, n_classes=model.num_classes,

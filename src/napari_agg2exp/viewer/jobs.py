@@ -163,7 +163,7 @@ def _load_default():
 
 
 def segment_job(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
-                model: SegmentationModel | str | Path | None = None, *, overlap: float = 0.25,
+                model: SegmentationModel | str | Path | None = None, *, overlap: float | None = None,
                 sw_batch_size: int = 1) -> Job:
     """Job segmenting an image layer; ``apply`` returns the prediction Labels layer.
 

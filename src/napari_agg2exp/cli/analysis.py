@@ -17,6 +17,7 @@ from napari_agg2exp.cli.progress import TerminalProgress
 from napari_agg2exp.data.labels import read_label_names
 from napari_agg2exp.data.volume import load_volume
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.files import check_writable, staged_output
 from napari_agg2exp.importance.global_importance import (
     KeepRule,
     graph_summary,
@@ -49,6 +50,7 @@ def _check_out_file(path: str, overwrite: bool) -> Path:
     name = p.name.lower()
     if not name.endswith((".csv", ".parquet", ".pq")):
         raise Agg2ExpError(f"--out {p}: use a .csv file (or .parquet with pyarrow installed)")
+    check_writable(p.parent)
     return p
 
 
@@ -116,16 +118,19 @@ def _cmd_global(args: argparse.Namespace) -> int:
     part = look_up_part(args.part)
     rule = _keep_rule(args)  # validated before anything is written
     groups = read_groups(args.groups) if args.groups else None
+    prepare_out_dir(args.out, args.overwrite)  # before the tables are read
     local = read_local_importance(args.tables)
     joins = join_members(local)
-    out = prepare_out_dir(args.out, args.overwrite)
-    written = write_global_analysis(local, out, part=part, joins=joins, groups=groups,
-                                    progress=TerminalProgress("figures"), **rule.kwargs())
+    out = Path(args.out)
+    with staged_output(out, args.overwrite) as tmp:
+        written = write_global_analysis(local, tmp, part=part, joins=joins, groups=groups,
+                                        progress=TerminalProgress("figures"), **rule.kwargs())
+        summary = graph_summary(nx.read_graphml(written["graphml"]))
     n_dist = sum(1 for k in written if k.startswith("distributions/"))
     print(f"{local['case'].nunique()} cases, {local['target'].nunique()} targets, {local['roi'].nunique()} RoIs")
     if joins:
         print("joined RoIs (recorded in the tables): " + ", ".join(f"{j} = {'+'.join(m)}" for j, m in joins.items()))
-    print(f"graph ({part} mass): {graph_summary(nx.read_graphml(written['graphml']))}")
+    print(f"graph ({part} mass): {summary}")
     print(f"wrote {out}/global_importance.csv, graph.graphml, graph.png, heatmap.png and {n_dist} figures in "
           f"{out}/distributions/")
     return 0
@@ -136,9 +141,11 @@ def _cmd_outliers(args: argparse.Namespace) -> int:
     train = read_local_importance(args.train)
     test = read_local_importance(args.test)
     quality = read_quality_table(args.quality)
+    prepare_out_dir(args.out, args.overwrite)  # before the forests are fitted
     result = outlier_analysis(train, test, quality, seed=args.seed, part=part)
-    out = prepare_out_dir(args.out, args.overwrite)
-    write_outlier_analysis(result, out, quality)
+    out = Path(args.out)
+    with staged_output(out, args.overwrite) as tmp:
+        write_outlier_analysis(result, tmp, quality)
     for target, why in result.skipped.items():
         print(f"skipped {target}: {why}")
     print(result.spearman.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
@@ -153,6 +160,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise Agg2ExpError("give either a CASE_DIR or --cohort DIR (one of them)")
     if args.out and Path(args.out).is_dir():
         raise Agg2ExpError(f"--out {args.out} is a folder -- give an .html file name")
+    folder = Path(args.cohort or args.case_dir)
+    check_writable(Path(args.out).parent if args.out else folder, "--out" if args.out else "report folder")
     if args.cohort:
         path = write_cohort_report(args.cohort, args.out, top=args.top)
     else:

@@ -2,7 +2,8 @@
 
 Layout of a cohort folder ``DIR/``::
 
-    cohort.json              method, parameters and model of the run (a rerun must match)
+    cohort.json              fingerprint of the run (a rerun must match): method, parameters, targets,
+                             window, keep_maps, class names and the SHA-256 of every model file
     cases/<case>/            one committed case folder (:mod:`~napari_agg2exp.workflows.case_folder`):
                              prediction, labels.json, local_importance.csv, quality.csv (with labels),
                              attribution_info.json, case.json [, attributions/ with keep_maps]
@@ -11,7 +12,10 @@ Layout of a cohort folder ``DIR/``::
     failed.csv               case,error of cases that failed (retry with retry_failed=True)
 
 Each case runs :func:`~napari_agg2exp.workflows.case.run_case` into ``cases/.<case>.partial.*`` and
-is renamed into place: a case folder exists only when complete. A rerun skips committed cases.
+is renamed into place: a case folder exists only when complete. A rerun skips committed cases; it is
+refused (one line naming what differs) when the model's files (spec, weights, labels...) or any
+output-shaping option changed. One run at a time holds the folder
+(:class:`~napari_agg2exp.files.OutputLock`); staging folders of killed runs are removed on the next.
 Workers return small tables, never maps; each worker holds one case at a time. The folder must be on
 a file system that every worker sees (local disk for a LocalCluster, a shared one on a cluster).
 """
@@ -19,6 +23,7 @@ a file system that every worker sees (local disk for a LocalCluster, a shared on
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -35,15 +40,22 @@ import torch
 
 from napari_agg2exp.attribution.explainer import Explainer
 from napari_agg2exp.errors import Agg2ExpError, Cancelled
-from napari_agg2exp.files import atomic_write_text, make_staging_dir
-from napari_agg2exp.models.loading import bundled_model_path, load_model
+from napari_agg2exp.files import (
+    OutputLock,
+    atomic_write_text,
+    check_writable,
+    file_digest,
+    make_staging_dir,
+    remove_stale_staging,
+)
+from napari_agg2exp.models.loading import SegmentationModel, bundled_model_path, load_model
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, is_cancelled, report
 from napari_agg2exp.workflows.case import run_case
 from napari_agg2exp.workflows.case_folder import CaseFolder, is_case_folder
 from napari_agg2exp.workflows.dask_cluster import connect, worker_device
 from napari_agg2exp.workflows.manifest import read_manifest
 
-__all__ = ["CohortConfig", "CohortSummary", "run_cohort", "process_case", "combine_tables", "committed_cases"]
+__all__ = ["CohortConfig", "CohortSummary", "check_cohort_out", "run_cohort", "process_case", "combine_tables", "committed_cases"]
 
 
 @dataclass
@@ -71,12 +83,38 @@ class CohortConfig:
     def explainer(self) -> Explainer:
         return Explainer(self.method, **self.parameters)
 
-    def fingerprint(self) -> dict[str, Any]:
-        """The part of the configuration a rerun must not change."""
-        model = str(Path(self.model).resolve()) if self.model else str(bundled_model_path())
+    def load_model(self, device: str | None = None) -> SegmentationModel:
+        """The model, as the workers load it (on ``device``, default the configured one)."""
+        return load_model(self.model, label_names=self.label_names, device=device or self.device,
+                          trust_checkpoint=self.trust_checkpoint)
+
+    def fingerprint(self, model: SegmentationModel | None = None) -> dict[str, Any]:
+        """What a rerun must not change: everything that shapes the outputs.
+
+        The model enters by content: the SHA-256 of every file it was read from
+        (:attr:`SegmentationModel.files`: spec, configs, plans, weights, labels) -- or of its parameters
+        where a format lists no files -- and its class names; not by its path. ``model`` is the loaded
+        model (loaded here on the CPU if not given).
+        """
+        model = model if model is not None else self.load_model("cpu")
+        if model.files:
+            content = [[Path(f).name, file_digest(f)] for f in model.files]
+        else:
+            content = [["parameters", _network_digest(model.network)]]
+        targets = self.targets if self.targets is None or isinstance(self.targets, str) else ",".join(self.targets)
         return {"method": self.method, "parameters": dict(sorted(self.explainer().recorded_parameters().items())),
-                "targets": self.targets, "window": dict(sorted(self.window.items())), "model": model,
-                "label_names": self.label_names}
+                "targets": targets, "window": dict(sorted(self.window.items())), "keep_maps": bool(self.keep_maps),
+                "model": content, "class_names": list(model.class_names)}
+
+
+def _network_digest(network: Any) -> str:
+    """SHA-256 over a network's parameters and buffers (names, shapes, values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(network.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def committed_cases(out_dir: str | os.PathLike) -> set[str]:
@@ -179,9 +217,15 @@ def combine_tables(out_dir: str | os.PathLike, cases: list[str] | None = None) -
     return written
 
 
-def _check_config(out: Path, cfg: CohortConfig) -> None:
+#: How a fingerprint key is named in the refusal.
+_WHAT = {"model": "model files (spec, weights, labels)", "class_names": "class names", "keep_maps": "--keep-maps",
+         "targets": "classes", "window": "window settings"}
+
+
+def _check_config(out: Path, cfg: CohortConfig, model: SegmentationModel | None = None) -> None:
+    """Refuse a resume whose fingerprint differs from the recorded one; record it on a first run."""
     p = out / "cohort.json"
-    fp = json.loads(json.dumps(cfg.fingerprint()))
+    fp = json.loads(json.dumps(cfg.fingerprint(model)))
     if p.exists():
         try:
             old = json.loads(p.read_text(encoding="utf-8"))
@@ -189,15 +233,25 @@ def _check_config(out: Path, cfg: CohortConfig) -> None:
             old = {}
         recorded = old.get("fingerprint") or {}
         if recorded != fp:
-            diff = [k for k in fp if fp[k] != recorded.get(k)]
+            diff = [_WHAT.get(k, k) for k in fp if fp[k] != recorded.get(k)]
             raise Agg2ExpError(
                 f"{out} holds a cohort run with other settings ({', '.join(diff) or 'unknown'} differ; see {p}) -- "
-                "use another --out, or rerun with the recorded method and parameters"
+                "use another --out, or rerun with the recorded model, method, parameters and options"
             )
     else:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(p, json.dumps({"fingerprint": fp, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2)
-                          + "\n")
+        model_path = str(Path(cfg.model).resolve()) if cfg.model else str(bundled_model_path())
+        atomic_write_text(p, json.dumps({"fingerprint": fp, "model": model_path, "label_names": cfg.label_names,
+                                         "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+
+
+def check_cohort_out(out_dir: str | os.PathLike) -> Path:
+    """Refuse (one line, before any work) a cohort --out that is a file or cannot be written."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise Agg2ExpError(f"cohort --out {out} is a file -- give a folder (new, or a cohort folder to resume)")
+    check_writable(out)
+    return out
 
 
 @dataclass
@@ -221,6 +275,7 @@ def run_cohort(
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
     log: Callable[[str], Any] = print,
+    model: SegmentationModel | None = None,
 ) -> CohortSummary:
     """Run every pending case of a manifest as one Dask task each.
 
@@ -234,17 +289,28 @@ def run_cohort(
         retry_failed: also redo the cases listed in ``failed.csv``.
         progress, cancel: progress callback (one step per case) and cancel flag.
         log: where status lines go.
-    """
-    from distributed import as_completed
+        model: the configured model, already loaded (for the fingerprint; loaded on the CPU if not given).
 
+    Raises:
+        Agg2ExpError: bad worker counts, an --out that is a file or cannot be written, a folder in use by
+            another run, a resume with other settings (see :meth:`CohortConfig.fingerprint`).
+    """
     for name, value in (("--workers", workers), ("--threads-per-worker", threads_per_worker)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise Agg2ExpError(f"{name} must be a whole number >= 1, got {value}")
     rows = read_manifest(manifest) if not isinstance(manifest, list) else manifest
-    out = Path(out_dir)
-    _check_config(out, cfg)
-    for stale in (out / "cases").glob(".*.partial.*") if (out / "cases").is_dir() else []:
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run (one run per folder at a time)
+    out = check_cohort_out(out_dir)
+    with OutputLock(out):
+        _check_config(out, cfg, model)
+        remove_stale_staging(out)  # left by a killed run: we hold the folder, no live run writes them
+        remove_stale_staging(out / "cases")
+        return _run_pending(rows, out, cfg, workers, threads_per_worker, scheduler, retry_failed, progress, cancel, log)
+
+
+def _run_pending(rows: list[dict[str, str]], out: Path, cfg: CohortConfig, workers: int | None,
+                 threads_per_worker: int, scheduler: str | None, retry_failed: bool,
+                 progress: ProgressCallback | None, cancel: CancelFlag | None,
+                 log: Callable[[str], Any]) -> CohortSummary:
     done_before = committed_cases(out)
     failed = {c: e for c, e in _read_failed(out).items() if c not in done_before}
     todo = [r for r in rows if r["case"] not in done_before and (retry_failed or r["case"] not in failed)]
@@ -255,6 +321,8 @@ def run_cohort(
     done: list[str] = []
     if todo:
         cluster, client = connect(scheduler, workers, threads_per_worker)
+        from distributed import as_completed  # installed: connect checked it
+
         try:
             stamp = f"{os.getpid()}-{time.time_ns()}"
             futures = [client.submit(process_case, r, str(out), cfg, threads_per_worker,

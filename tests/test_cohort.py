@@ -29,6 +29,11 @@ def cohort_inputs(tmp_path):
     model = save_model(build_network(spec), spec, tmp_path / "model")
     data = tmp_path / "data"
     write_phantom_cohort(data, 4, seed=11, shape=(40, 36, 40), spacing=7.0)
+    from napari_agg2exp.data.volume import load_volume, save_volume
+
+    for i in range(4):  # ground truth of the tiny model's 3 classes (ids above them are refused)
+        gt = load_volume(data / f"case_{i:04d}" / "labels.nii.gz")
+        save_volume(gt.like((gt.array % 3).astype("uint8")), data / f"case_{i:04d}" / "labels.nii.gz")
     manifest = tmp_path / "manifest.csv"
     with manifest.open("w", newline="") as f:
         w = csv.writer(f)

@@ -10,10 +10,15 @@ from pathlib import Path
 from napari_agg2exp.cli.arguments import add_window_args, print_warnings, window_from_args
 from napari_agg2exp.cli.progress import TerminalProgress
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.evaluation.compare import anova_table, comparison_markdown, dice_table, find_labelled_cases
+from napari_agg2exp.evaluation.compare import (
+    anova_table,
+    comparison_markdown,
+    dice_table,
+    find_labelled_cases,
+)
 from napari_agg2exp.files import atomic_write_text, check_out_dir, staged_output
 from napari_agg2exp.models.inference import check_window_options
-from napari_agg2exp.models.loading import load_model
+from napari_agg2exp.models.loading import check_model_window, load_model
 
 __all__ = ["register"]
 
@@ -73,6 +78,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             models[name] = load_model(None if path == "bundled" else path, label_names=args.label_names,
                                       device=args.device, trust_checkpoint=args.trust_checkpoint)
         print_warnings(caught)
+        check_model_window(models[name], window)  # a window each network can take, before any case runs
     if data_names is None:
         print(f"agg2exp: warning: {args.data} has no labels.json; assuming the label ids of model {names[0]}",
               file=sys.stderr)

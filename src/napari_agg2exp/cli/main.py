@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from napari_agg2exp.cli import analysis, cohort, compare, demo, evaluate, explain, phantom, segment, train
 from napari_agg2exp.errors import Agg2ExpError, Cancelled
@@ -31,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Warnings on one line, ``agg2exp: warning: ...`` (like errors), without source file and line."""
+    print(f"agg2exp: warning: {str(message).splitlines()[0] if str(message) else category.__name__}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -39,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tune_malloc()  # only in the CLI process, before any worker thread exists (see malloc_tuning)
     try:
-        rc = args.func(args)
+        with warnings.catch_warnings():  # restores the default display afterwards
+            warnings.showwarning = _show_warning
+            rc = args.func(args)
     except Agg2ExpError as e:
         print(f"agg2exp: error: {e}", file=sys.stderr)
         return 2

@@ -43,20 +43,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         arguments = json.loads(args.arguments)
     except json.JSONDecodeError as e:
         raise Agg2ExpError(f"--arguments is not valid JSON ({e})") from e
+    if not isinstance(arguments, dict):
+        raise Agg2ExpError(f"--arguments must be a JSON object like '{{\"channels\": [16, 32]}}', got {args.arguments}")
+    if args.threads is not None and args.threads < 1:
+        raise Agg2ExpError(f"--threads must be at least 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     sp = args.spacing * 3 if len(args.spacing) == 1 else args.spacing
     ps = args.patch_size * 3 if len(args.patch_size) == 1 else args.patch_size
-    iterations = args.iterations
-    if iterations is None:
-        n = len(find_cases(args.data))
-        iterations = max(1, args.epochs * max(1, round(n * (1 - args.val_fraction)) // args.batch_size))
+    if args.epochs < 1:
+        raise Agg2ExpError(f"--epochs must be at least 1, got {args.epochs}")
     cfg = TrainConfig(
         architecture=args.arch, arguments=arguments, spacing=tuple(sp), window_size=(args.window_size,) * 3,
-        patch_size=tuple(ps), batch_size=args.batch_size, iterations=iterations, val_fraction=args.val_fraction,
-        val_every=args.val_every, lr=args.lr, weight_decay=args.weight_decay, lambda_ce=args.lambda_ce,
-        seed=args.seed, device=args.device,
+        patch_size=tuple(ps), batch_size=args.batch_size, iterations=1 if args.iterations is None else args.iterations,
+        val_fraction=args.val_fraction, val_every=args.val_every, lr=args.lr, weight_decay=args.weight_decay,
+        lambda_ce=args.lambda_ce, seed=args.seed, device=args.device,
     )
+    cfg.check()  # every setting, before the cases are read
+    if args.iterations is None:
+        n = len(find_cases(args.data))
+        cfg.iterations = max(1, args.epochs * max(1, round(n * (1 - args.val_fraction)) // args.batch_size))
     summary = train(args.data, args.out, cfg, resume=args.resume, log=lambda m: print(m, flush=True),
                     progress=TerminalProgress("train", min_interval=2.0))
     print(json.dumps({k: v for k, v in summary.items() if k != "last_val_dice"}, indent=None))

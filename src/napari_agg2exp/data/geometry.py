@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_agg2exp.data.labels import as_label_array
-from napari_agg2exp.data.volume import Volume
+from napari_agg2exp.data.volume import Volume, check_allocation
 from napari_agg2exp.errors import Agg2ExpError
 
 __all__ = ["grid_volume", "label_occupancy", "resample_labels", "resample_map"]
@@ -92,7 +92,7 @@ def label_occupancy(labels: Volume, shape: tuple[int, ...], affine: np.ndarray,
         ``{id: (X, Y, Z) float32 array in [0, 1]}``; target voxels outside ``labels``' grid get 0.
 
     Raises:
-        Agg2ExpError: an affine cannot be inverted.
+        Agg2ExpError: an affine cannot be inverted, or the shares would not fit in memory.
     """
     src = as_label_array(labels.array)
     try:
@@ -102,6 +102,9 @@ def label_occupancy(labels: Volume, shape: tuple[int, ...], affine: np.ndarray,
     wanted = [int(i) for i in (np.unique(src)[np.unique(src) != 0] if ids is None else ids)]
     axes = _axis_map(to_src)
     shape = tuple(int(s) for s in shape)
+    check_allocation(float(np.prod(shape, dtype=float)) * 4 * max(1, len(wanted)),
+                     f"the shares of {len(wanted)} labels on the grid {shape}",
+                     "give fewer labels (renumber or merge them) or a smaller grid")
     if axes is None:  # oblique: nearest neighbour
         near = resample_labels(labels, Volume(np.zeros(shape, np.uint8), np.asarray(affine, float)))
         return {i: (near == i).astype(np.float32) for i in wanted}

@@ -18,6 +18,7 @@ __all__ = [
     "read_label_names",
     "label_names_json",
     "as_label_array",
+    "MAX_LABEL_ID",
 ]
 
 #: The paper's 17 thorax labels (TotalSegmentator v2 subset), index = label id.
@@ -73,9 +74,14 @@ def read_label_names(path: str | Path) -> list[str]:
     """Read ``{"0": "background", "1": ...}`` (the format ``segment`` writes) into a list by id."""
     p = Path(path)
     try:
-        raw = json.loads(p.read_text())
+        raw = json.loads(p.read_text(encoding="utf-8-sig"))
     except FileNotFoundError as e:
         raise Agg2ExpError(f"label names file not found: {p} -- check the path") from e
+    except UnicodeDecodeError as e:
+        raise Agg2ExpError(f"label names file {p} is not UTF-8 text ({e.reason} at byte {e.start}) -- save it as "
+                           "UTF-8 JSON {\"0\": \"background\", ...}") from e
+    except IsADirectoryError as e:
+        raise Agg2ExpError(f"label names path {p} is a folder -- give a JSON file") from e
     except (OSError, json.JSONDecodeError) as e:
         raise Agg2ExpError(f"label names file {p} is not valid JSON ({e}) -- expected {{\"0\": \"background\", ...}}") from e
     if isinstance(raw, list):
@@ -96,24 +102,52 @@ def label_names_json(names: list[str] | tuple[str, ...]) -> str:
     return json.dumps({str(i): n for i, n in enumerate(names)}, indent=2) + "\n"
 
 
-def as_label_array(rois: np.ndarray) -> np.ndarray:
-    """Return ``rois`` as a non-negative integer array (float volumes must hold whole numbers).
+#: Largest label id accepted: per-label tables are indexed by id (a bincount of ``max id + 1`` entries), so
+#: ids like 4·10⁹ would ask for tens of GiB. 2²⁴ − 1 covers every atlas and instance map in use.
+MAX_LABEL_ID = 2**24 - 1
+
+
+def as_label_array(rois: np.ndarray, n_classes: int | None = None, *, what: str = "RoI label volume") -> np.ndarray:
+    """The one check of every label volume (ground truth, RoIs, feature masks, predictions read back).
+
+    Returns ``rois`` as a non-negative integer array (float volumes must hold whole numbers).
+
+    Args:
+        rois: the label array.
+        n_classes: when given, ids must be below it (labels of a model's classes ``0..n_classes-1``).
+        what: the volume's name in messages (``"ground truth"``, ``"features volume"``, ...).
 
     Raises:
-        Agg2ExpError: negative, non-integral, non-finite or non-numeric labels.
+        Agg2ExpError: negative, non-integral, non-finite, non-numeric or too large labels, or ids of
+            classes the model does not have.
     """
     a = np.asarray(rois)
     if a.dtype.kind == "b":
         return a.astype(np.uint8)
     if a.dtype.kind == "f":
         if a.size and not np.isfinite(a).all():
-            raise Agg2ExpError("RoI label volume holds NaN or infinite values -- labels must be whole numbers >= 0")
+            n = int((~np.isfinite(a)).sum())
+            raise Agg2ExpError(f"{what} holds {n} NaN or infinite values -- labels must be whole numbers >= 0")
         if a.size and not np.array_equal(a, np.round(a)):
-            raise Agg2ExpError("RoI label volume holds fractional values -- labels must be whole numbers >= 0 "
+            raise Agg2ExpError(f"{what} holds fractional values -- labels must be whole numbers >= 0 "
                                "(was it resampled with linear interpolation? use nearest neighbour)")
+        if a.size and a.min() < 0:
+            raise Agg2ExpError(f"{what} holds negative label {int(a.min())} -- labels must be >= 0")
+        if a.size and a.max() > MAX_LABEL_ID:
+            raise Agg2ExpError(f"{what} holds label id {a.max():.0f}, above the largest id {MAX_LABEL_ID} -- "
+                               "renumber the labels to small ids (0..N)")
         a = a.astype(np.int64)
     if a.dtype.kind not in "iu":
-        raise Agg2ExpError(f"RoI label volume has dtype {a.dtype} -- an integer label volume is needed")
-    if a.dtype.kind == "i" and a.size and a.min() < 0:
-        raise Agg2ExpError(f"RoI label volume holds negative label {int(a.min())} -- labels must be >= 0")
+        raise Agg2ExpError(f"{what} has dtype {a.dtype} -- an integer label volume is needed")
+    if a.size == 0:
+        return a
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0:
+        raise Agg2ExpError(f"{what} holds negative label {lo} -- labels must be >= 0")
+    if hi > MAX_LABEL_ID:
+        raise Agg2ExpError(f"{what} holds label id {hi}, above the largest id {MAX_LABEL_ID} -- renumber the labels "
+                           "to small ids (0..N)")
+    if n_classes is not None and hi >= n_classes:
+        raise Agg2ExpError(f"{what} holds label {hi} but the model has {n_classes} classes (ids 0..{n_classes - 1}) "
+                           "-- give labels of this model's classes")
     return a

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import ScaleIntensityRange, SpatialPad
 
-from napari_agg2exp.data.volume import Volume
+from napari_agg2exp.data.volume import Volume, check_allocation, replace_nonfinite
 from napari_agg2exp.errors import Agg2ExpError
 
 __all__ = ["PreprocessingSpec", "Preprocessed", "preprocess", "preprocess_labels", "to_input_grid", "resample_array"]
@@ -53,18 +53,38 @@ class PreprocessingSpec:
     pad_to_window: bool = True
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "PreprocessingSpec":
+    def from_dict(cls, d: dict[str, Any] | None, source: str = "model.json") -> "PreprocessingSpec":
+        """A spec from its JSON form; every wrong type or value is one :class:`Agg2ExpError` naming the key."""
+        if d is not None and not isinstance(d, dict):
+            raise Agg2ExpError(f"{source}: \"preprocessing\" must be an object {{\"spacing\": [...], ...}}, "
+                               f"got {type(d).__name__}")
         d = dict(d or {})
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise Agg2ExpError(f"unknown preprocessing keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            raise Agg2ExpError(f"{source}: unknown preprocessing keys {sorted(unknown)}; known: "
+                               f"{sorted(cls.__dataclass_fields__)}")
+        if d.get("orientation") is not None:
+            d["orientation"] = _orientation_codes(d["orientation"], source)
         if d.get("spacing") is not None:
             sp = d["spacing"]
-            sp = [float(sp)] * 3 if np.isscalar(sp) else [float(v) for v in sp]
-            if len(sp) != 3 or min(sp) <= 0:
-                raise Agg2ExpError(f"preprocessing spacing must be 3 positive numbers, got {d['spacing']}")
-            d["spacing"] = tuple(sp)
-        return cls(**d)
+            sp = [sp] * 3 if _is_number(sp) else sp
+            if not isinstance(sp, (list, tuple)) or len(sp) != 3 or not all(_is_number(v) for v in sp) \
+                    or not all(0 < float(v) < float("inf") for v in sp):
+                raise Agg2ExpError(f"{source}: preprocessing spacing must be 3 positive numbers (mm), got {d['spacing']!r}")
+            d["spacing"] = tuple(float(v) for v in sp)
+        for key in ("a_min", "a_max", "b_min", "b_max"):
+            if key in d:
+                v = d[key]
+                if not _is_number(v) or not np.isfinite(float(v)):
+                    raise Agg2ExpError(f"{source}: preprocessing {key} must be a finite number, got {v!r}")
+                d[key] = float(v)
+        for key in ("clip", "pad_to_window"):
+            if key in d and not isinstance(d[key], bool):
+                raise Agg2ExpError(f"{source}: preprocessing {key} must be true or false, got {d[key]!r}")
+        spec = cls(**d)
+        if spec.a_max <= spec.a_min:
+            raise Agg2ExpError(f"{source}: preprocessing a_max ({spec.a_max:g}) must be above a_min ({spec.a_min:g})")
+        return spec
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -105,6 +125,22 @@ class Preprocessed:
         return tuple(slice(b, b + n) for (b, _), n in zip(self.pad, self.resampled_shape))
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _orientation_codes(codes: Any, source: str) -> str:
+    """Three axis codes, one of L/R, one of P/A, one of I/S (e.g. ``"RAS"``, ``"LPS"``)."""
+    ok = isinstance(codes, str) and len(codes) == 3 and all(c in "LRPAIS" for c in codes.upper())
+    if ok:
+        axes = {{"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}[c] for c in codes.upper()}
+        ok = axes == {0, 1, 2}
+    if not ok:
+        raise Agg2ExpError(f"{source}: preprocessing orientation {codes!r} is not 3 axis codes -- use one of L/R, "
+                           "P/A and I/S each, e.g. \"RAS\" or \"LPS\" (or null to keep the array axes)")
+    return codes.upper()
+
+
 def resample_array(array: np.ndarray, shape: tuple[int, ...], mode: str = "trilinear") -> np.ndarray:
     """Resample the last three axes of ``array`` to ``shape`` (voxel-edge aligned grids).
 
@@ -134,7 +170,8 @@ def _orient(volume: Volume, codes: str | None):
     return np.ascontiguousarray(arr), aff, tfm
 
 
-def preprocess(volume: Volume, spec: Any, window_size: tuple[int, int, int] | None = None) -> Preprocessed:
+def preprocess(volume: Volume, spec: Any, window_size: tuple[int, int, int] | None = None,
+               nonfinite: str = "fill") -> Preprocessed:
     """Map an input volume to the model's grid and intensity range.
 
     Args:
@@ -142,28 +179,43 @@ def preprocess(volume: Volume, spec: Any, window_size: tuple[int, int, int] | No
         spec: the model's preprocessing: a :class:`PreprocessingSpec`, or a model format's own
             preprocessor (an object with ``apply(volume, window_size) -> Preprocessed``).
         window_size: the sliding window; every axis is padded to at least this size.
+        nonfinite: NaN/Inf voxels: ``"fill"`` (the scan's minimum, with a warning) or ``"refuse"``
+            (see :func:`~napari_agg2exp.data.volume.replace_nonfinite`).
 
     Returns:
         The model input and the mapping back to ``volume``'s grid.
+
+    Raises:
+        Agg2ExpError: NaN/Inf voxels refused, or a model grid too large for the memory available.
     """
     if volume.array.ndim != 3:
         raise Agg2ExpError(f"expected a 3D volume, got shape {volume.array.shape}")
+    volume = replace_nonfinite(volume, nonfinite)  # every model format: a model never sees NaN/Inf
     if not isinstance(spec, PreprocessingSpec):  # a model format's own preprocessor (bundle, nnU-Net)
         return spec.apply(volume, window_size)
     arr, aff, ornt = _orient(volume, spec.orientation)
     oriented_shape = tuple(int(s) for s in arr.shape)
     arr = arr.astype(np.float32, copy=False)
+    sp_in = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    new_shape = oriented_shape
     if spec.spacing is not None:
-        sp_in = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
         new_shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(oriented_shape, sp_in, spec.spacing))
-        if new_shape != oriented_shape:
-            arr = resample_array(arr, new_shape)
-            scale = np.array(oriented_shape, float) / np.array(new_shape, float)
-            # voxel-edge aligned: out index j maps to in index (j + 0.5) * scale - 0.5
-            m = np.eye(4)
-            m[:3, :3] = np.diag(scale)
-            m[:3, 3] = 0.5 * scale - 0.5
-            aff = aff @ m
+    grid = tuple(max(n, w) for n, w in zip(new_shape, window_size or new_shape)) if spec.pad_to_window else new_shape
+    # the resampled input, its padded copy and the model's logits (2 classes at least) on the model grid
+    check_allocation(float(np.prod(grid, dtype=float)) * 4 * 4,
+                     f"the model grid {grid} (voxels of {tuple(round(float(v), 3) for v in sp_in)} mm"
+                     + (f" resampled to {tuple(spec.spacing)} mm" if spec.spacing is not None else "")
+                     + (f", padded to the window {tuple(window_size)}" if window_size is not None else "") + ")",
+                     "check the scan's voxel size in its header (is it in mm?), crop the scan or use a smaller "
+                     "--window-size")
+    if new_shape != oriented_shape:
+        arr = resample_array(arr, new_shape)
+        scale = np.array(oriented_shape, float) / np.array(new_shape, float)
+        # voxel-edge aligned: out index j maps to in index (j + 0.5) * scale - 0.5
+        m = np.eye(4)
+        m[:3, :3] = np.diag(scale)
+        m[:3, 3] = 0.5 * scale - 0.5
+        aff = aff @ m
     resampled_shape = tuple(int(s) for s in arr.shape)
     arr = ScaleIntensityRange(spec.a_min, spec.a_max, spec.b_min, spec.b_max, clip=spec.clip)(arr)
     arr = np.asarray(arr, dtype=np.float32)

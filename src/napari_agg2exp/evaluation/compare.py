@@ -18,7 +18,7 @@ import pandas as pd
 from scipy.stats import f_oneway
 
 from napari_agg2exp.data.dice import dice_iou
-from napari_agg2exp.data.labels import read_label_names
+from napari_agg2exp.data.labels import as_label_array, read_label_names
 from napari_agg2exp.data.volume import Volume, load_volume
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.models.loading import SegmentationModel
@@ -126,6 +126,8 @@ def dice_table(models: dict[str, Any], cases: Sequence[str | os.PathLike], data_
         c = Path(c)
         image = load_volume(c / "image.nii.gz", what="image")
         labels = load_volume(c / "labels.nii.gz", what="labels")
+        as_label_array(labels.array, len(data_names) if data_names is not None else None,
+                       what=f"labels of {c.name}")  # the one label check
         for name, model in models.items():
             check_cancel(cancel)
             d = case_dice(model, image, labels, classes, data_names, window_size=window_size, overlap=overlap,

@@ -20,13 +20,22 @@ import torch
 from monai.losses import DiceCELoss
 
 from napari_agg2exp.data.dice import dice_iou
-from napari_agg2exp.data.labels import read_label_names
+from napari_agg2exp.data.labels import as_label_array, read_label_names
 from napari_agg2exp.data.preprocessing import PreprocessingSpec, preprocess, preprocess_labels
 from napari_agg2exp.data.volume import load_volume
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.files import atomic_write
-from napari_agg2exp.models.inference import SlidingWindow, sliding_window_logits
-from napari_agg2exp.models.loading import ModelSpec, SegmentationModel, build_network, resolve_device, save_model
+from napari_agg2exp.models.inference import SlidingWindow, sliding_window_segment
+from napari_agg2exp.models.loading import (
+    ARCHITECTURES,
+    ModelSpec,
+    SegmentationModel,
+    build_network,
+    check_window_size,
+    resolve_device,
+    save_model,
+)
+from napari_agg2exp.options import did_you_mean
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, report
 
 __all__ = ["TrainConfig", "find_cases", "load_training_cases", "train"]
@@ -51,6 +60,41 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
 
+    def check(self, n_classes: int = 2) -> None:
+        """Refuse settings training cannot use, each with its own line (before any case is read).
+
+        Raises:
+            Agg2ExpError: an unknown architecture, non-positive sizes or counts, a window or patch the
+                network cannot take, a learning rate or fraction out of range.
+        """
+        if self.architecture not in ARCHITECTURES:
+            raise Agg2ExpError(f"unknown architecture {self.architecture!r}{did_you_mean(self.architecture, ARCHITECTURES)}"
+                               f" -- use one of {', '.join(ARCHITECTURES)}")
+        if not isinstance(self.arguments, dict):
+            raise Agg2ExpError(f"architecture arguments must be a JSON object, got {type(self.arguments).__name__}")
+        for name, v in (("--spacing", self.spacing), ("--window-size", self.window_size),
+                        ("--patch-size", self.patch_size)):
+            if len(v) != 3 or not all(np.isfinite(x) and x > 0 for x in v):
+                raise Agg2ExpError(f"{name} must be 1 or 3 positive numbers, got {list(v)}")
+        for name, v in (("--batch-size", self.batch_size), ("--iterations", self.iterations),
+                        ("--val-every", self.val_every)):
+            if v < 1:
+                raise Agg2ExpError(f"{name} must be at least 1, got {v}")
+        if not 0 < self.val_fraction < 1:
+            raise Agg2ExpError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise Agg2ExpError(f"--lr must be a positive number, got {self.lr}")
+        for name, v in (("--weight-decay", self.weight_decay), ("--lambda-ce", self.lambda_ce)):
+            if not (np.isfinite(v) and v >= 0):
+                raise Agg2ExpError(f"{name} must be a number >= 0, got {v}")
+        spec = ModelSpec(self.architecture, ["c"] * max(2, n_classes), dict(self.arguments),
+                         window_size=tuple(int(v) for v in self.window_size))
+        check_window_size(spec, spec.window_size, n_classes)
+        try:  # patches go through the same network
+            check_window_size(spec, tuple(int(v) for v in self.patch_size), n_classes)
+        except Agg2ExpError as e:
+            raise Agg2ExpError(f"--patch-size: {e}") from e
+
 
 def find_cases(data_dir: str | os.PathLike) -> list[Path]:
     """Case folders ``case_*/`` holding ``image.nii.gz`` and ``labels.nii.gz``."""
@@ -64,9 +108,10 @@ def find_cases(data_dir: str | os.PathLike) -> list[Path]:
 
 
 def load_training_cases(cases: list[Path], preprocessing: PreprocessingSpec, window_size: tuple[int, int, int] | None,
-                        progress: ProgressCallback | None = None,
-                        cancel: CancelFlag | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Preprocess every case once: (image, labels) arrays on the model grid."""
+                        progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
+                        n_classes: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Preprocess every case once: (image, labels) arrays on the model grid (labels checked against
+    ``n_classes``)."""
     out = []
     for i, c in enumerate(cases):
         check_cancel(cancel)
@@ -75,6 +120,7 @@ def load_training_cases(cases: list[Path], preprocessing: PreprocessingSpec, win
             raise Agg2ExpError(f"case {c.name} has no labels.nii.gz -- training needs ground truth")
         img = load_volume(c / "image.nii.gz")
         lab = load_volume(lab_path, what="labels")
+        as_label_array(lab.array, n_classes, what=f"labels of case {c.name}")
         pre = preprocess(img, preprocessing, window_size)
         out.append((pre.array, preprocess_labels(lab, pre)))
         report(progress, i + 1, len(cases), f"loading {c.name}")
@@ -102,8 +148,8 @@ def _validate(model, data, idx, plan_cache, n_classes):
     for i in idx:
         img, lab = data[i]
         plan = plan_cache.setdefault(img.shape, SlidingWindow.plan(img.shape, model.window_size, 0.25, "constant", model.device))
-        z = sliding_window_logits(model.network, torch.from_numpy(img)[None].to(model.device), plan)
-        d, _ = dice_iou(z.argmax(0).cpu().numpy(), lab, n_classes)
+        seg = sliding_window_segment(model.network, torch.from_numpy(img)[None].to(model.device), plan)
+        d, _ = dice_iou(seg.labels.long().cpu().numpy(), lab, n_classes)
         dices.append(d)
     model.network.train()
     return np.nanmean(np.array(dices), axis=0)
@@ -125,6 +171,7 @@ def train(
         A summary: best mean foreground Dice, per-class validation Dice, iterations, seconds.
     """
     cfg = config or TrainConfig()
+    cfg.check()
     out = Path(out_dir)
     state_path = out / "train_state.pt"
     if out.exists() and any(out.iterdir()) and not resume:
@@ -156,7 +203,7 @@ def train(
     n_val = max(1, int(round(cfg.val_fraction * len(cases))))
     val_idx, train_idx = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
     log(f"{len(train_idx)} training and {len(val_idx)} validation cases; {sum(p.numel() for p in net.parameters()):,} parameters")
-    data = load_training_cases(cases, spec.preprocessing, spec.window_size, cancel=cancel)
+    data = load_training_cases(cases, spec.preprocessing, spec.window_size, cancel=cancel, n_classes=len(class_names))
 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.iterations))

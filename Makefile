@@ -6,6 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
+# nnU-Net v2 (the reference of tests/test_nnunet.py) and the light packages it imports, without their
+# dependency trees: those pull a CUDA torch build that would replace the pinned CPU torch
+NNUNET_PKGS := nnunetv2==2.8.1 dynamic-network-architectures==0.4.4 acvl-utils==0.2.6 batchgenerators==0.25.5 \
+	batchgeneratorsv2==0.3.6 SimpleITK==2.5.7 blosc2==4.15.0 ndindex==1.10.1 msgpack httpx==0.29.0 \
+	connected-components-3d==4.1.1 seaborn==0.13.2
 APT_PKGS := xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkbcommon-x11-0 libxcb-image0 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-cursor0 libegl1 libgl1 libdbus-1-3 libfontconfig1
 
 .PHONY: demo test setup apt clean
@@ -17,6 +22,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q -e '.[testing]'
+	$(BIN)/pip install -q --no-deps $(NNUNET_PKGS)
 	touch $(STAMP)
 
 setup: $(STAMP)

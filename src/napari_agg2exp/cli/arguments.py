@@ -29,12 +29,17 @@ __all__ = [
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None,
-                   help="model folder (model.json + weights) or TorchScript file; default: the bundled model")
+                   help="model folder (model.json + weights), MONAI bundle folder, nnU-Net v2 result folder or TorchScript file; "
+                        "default: the bundled model")
     g.add_argument("--label-names", default=None,
                    help="labels JSON for a TorchScript model ({\"0\": \"background\", ...})")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     g.add_argument("--trust-checkpoint", action="store_true",
                    help="allow checkpoints that need pickle (runs code from the file!)")
+    g.add_argument("--trust-bundle", action="store_true",
+                   help="evaluate a MONAI bundle's Python expressions (runs code from the bundle!)")
+    g.add_argument("--tta", action="store_true",
+                   help="nnU-Net folders: mirroring test-time augmentation (nnU-Net's default; off here, 2-8x slower)")
 
 
 def add_window_args(p: argparse.ArgumentParser, *, batch: bool = True) -> None:
@@ -103,13 +108,14 @@ def model_from_args(args: argparse.Namespace, path: str | None = None) -> Segmen
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_model(path if path is not None else args.model, label_names=args.label_names,
-                           device=args.device, trust_checkpoint=args.trust_checkpoint)
+                           device=args.device, trust_checkpoint=args.trust_checkpoint,
+                           trust_bundle=getattr(args, "trust_bundle", False),
+                           tta=getattr(args, "tta", False))
     print_warnings(caught)
     return model
 
 
 def prepare_out_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Create an output folder; refuse one that already holds results unless ``overwrite``."""
-    p = check_out_dir(path, overwrite)
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    """Check an output folder before any work (not a file, no results unless ``overwrite``, not in use by
+    another run, writable); creates nothing -- write it with :func:`~napari_agg2exp.files.staged_output`."""
+    return check_out_dir(path, overwrite)

@@ -1,5 +1,6 @@
 """Segmentation models: specs and loading, sliding-window inference, training."""
 
+from napari_agg2exp.models.bundle import is_bundle, load_bundle
 from napari_agg2exp.models.loading import (
     ARCHITECTURES,
     ModelSpec,
@@ -11,6 +12,7 @@ from napari_agg2exp.models.loading import (
     resolve_device,
     save_model,
 )
+from napari_agg2exp.models.nnunet import load_nnunet
 
 __all__ = [
     "ARCHITECTURES",
@@ -18,8 +20,11 @@ __all__ = [
     "SegmentationModel",
     "available_devices",
     "build_network",
+    "is_bundle",
+    "load_bundle",
     "bundled_model_path",
     "load_model",
+    "load_nnunet",
     "resolve_device",
     "save_model",
 ]

@@ -19,20 +19,32 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from monai.networks.nets import UNETR, BasicUNet, DynUNet, SwinUNETR, UNet
+from safetensors import SafetensorError
 from safetensors.torch import load_model as load_st_model
 from safetensors.torch import save_model as save_st_model
 
 from napari_agg2exp.data.labels import read_label_names
 from napari_agg2exp.data.preprocessing import PreprocessingSpec
+from napari_agg2exp.data.volume import check_allocation
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.files import atomic_write, atomic_write_text
-from napari_agg2exp.models.model import SegmentationModel, available_devices, load_state_dict, resolve_device
+from napari_agg2exp.models.bundle import is_bundle, load_bundle
+from napari_agg2exp.models.inference import window_size_3d
+from napari_agg2exp.models.model import (
+    SegmentationModel,
+    available_devices,
+    load_state_dict,
+    resolve_device,
+)
+from napari_agg2exp.models.nnunet import is_nnunet_folder, load_nnunet
 from napari_agg2exp.options import did_you_mean
 
 __all__ = [
@@ -40,6 +52,9 @@ __all__ = [
     "ModelSpec",
     "SegmentationModel",
     "build_network",
+    "check_model_window",
+    "check_window_size",
+    "window_multiple",
     "load_model",
     "save_model",
     "resolve_device",
@@ -122,43 +137,135 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "model.json") -> "ModelSpec":
+        """A spec from its JSON form; each wrong type or value is one :class:`Agg2ExpError` naming the key."""
         if not isinstance(d, dict) or "architecture" not in d or "class_names" not in d:
             raise Agg2ExpError(f"{source} is not a model spec (needs 'architecture' and 'class_names')")
         arch = d["architecture"]
-        if arch not in ARCHITECTURES:
+        if not isinstance(arch, str) or arch not in ARCHITECTURES:
             raise Agg2ExpError(
-                f"{source}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}{did_you_mean(arch, ARCHITECTURES)}"
+                f"{source}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}"
+                f"{did_you_mean(arch, ARCHITECTURES) if isinstance(arch, str) else ''}"
             )
-        ws = d.get("window_size", (96, 96, 96))
-        ws = (int(ws),) * 3 if isinstance(ws, (int, float)) else tuple(int(v) for v in ws)
-        names = [str(n) for n in d["class_names"]]
+        names = d["class_names"]
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in names):
+            raise Agg2ExpError(f"{source}: \"class_names\" must be a list of names, got {names!r}")
+        names = [str(n) for n in names]
         if len(names) < 2:
             raise Agg2ExpError(f"{source}: a segmentation model needs at least 2 class names, got {names}")
+        if len(set(names)) != len(names):
+            raise Agg2ExpError(f"{source}: \"class_names\" repeat a name -- give each class its own name")
+        arguments = d.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            raise Agg2ExpError(f"{source}: \"arguments\" must be an object of {arch} keyword arguments "
+                               f"({{\"channels\": [16, 32], ...}}), got {type(arguments).__name__}")
+        extra = d.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise Agg2ExpError(f"{source}: \"extra\" must be an object, got {type(extra).__name__}")
+        weights = d.get("weights", "weights.safetensors")
+        if weights is not None and not isinstance(weights, str):
+            raise Agg2ExpError(f"{source}: \"weights\" must be a file name inside the model folder, got "
+                               f"{weights!r} -- e.g. \"weights.safetensors\"")
         return cls(
             architecture=arch,
             class_names=names,
-            arguments=dict(d.get("arguments") or {}),
-            preprocessing=PreprocessingSpec.from_dict(d.get("preprocessing")),
-            window_size=ws,
-            weights=d.get("weights", "weights.safetensors"),
-            extra=dict(d.get("extra") or {}),
+            arguments=dict(arguments),
+            preprocessing=PreprocessingSpec.from_dict(d.get("preprocessing"), source),
+            window_size=_window_from_json(d.get("window_size", (96, 96, 96)), source),
+            weights=weights,
+            extra=dict(extra),
         )
+
+
+def _window_from_json(ws: Any, source: str) -> tuple[int, int, int]:
+    ws = [ws] * 3 if isinstance(ws, int) and not isinstance(ws, bool) else ws
+    if not isinstance(ws, (list, tuple)) or len(ws) != 3 or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in ws):
+        raise Agg2ExpError(f"{source}: \"window_size\" must be 1 or 3 positive integers, got {ws!r}")
+    return tuple(int(v) for v in ws)
+
+
+def _per_axis(value: Any) -> tuple[int, int, int]:
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),) * 3
+
+
+def window_multiple(spec: ModelSpec) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(multiple, minimum)`` per axis of the window sizes the architecture of ``spec`` can take.
+
+    Each down-sampling halves (or divides by its stride) the window, and the decoder must restore the same
+    size: UNet / DynUNet need multiples of the product of their strides, SwinUNETR multiples of 32 (MONAI's
+    ``_check_input_size``), UNETR multiples of its 16-voxel patches; BasicUNet pads any size of at least 16.
+    """
+    a = spec.arguments
+    one = (1, 1, 1)
+    if spec.architecture in ("SwinUNETR", "SwinUNETRv2"):
+        return (32, 32, 32), (32, 32, 32)
+    if spec.architecture == "UNETR":
+        return (16, 16, 16), (16, 16, 16)
+    if spec.architecture == "BasicUNet":
+        return one, (16, 16, 16)
+    if spec.architecture in ("UNet", "DynUNet"):
+        default = (2, 2, 2, 2) if spec.architecture == "UNet" else (1, 2, 2, 2)
+        mult = np.ones(3, dtype=np.int64)
+        for st in a.get("strides", default):
+            mult *= np.asarray(_per_axis(st), dtype=np.int64)
+        m = tuple(int(v) for v in mult)
+        return m, m
+    return one, one
+
+
+def check_window_size(spec: ModelSpec | None, window_size: Sequence[int], n_classes: int = 2) -> None:
+    """Refuse a sliding window the network cannot take or the memory cannot hold.
+
+    Args:
+        spec: the model's spec (``None`` for formats whose architecture is not known here: memory only).
+        window_size: (X, Y, Z) window.
+        n_classes: output channels (for the memory estimate).
+
+    Raises:
+        Agg2ExpError: naming the valid multiple (and the nearest valid size) or the memory needed.
+    """
+    ws = tuple(int(v) for v in window_size)
+    if spec is not None:
+        mult, low = window_multiple(spec)
+        if spec.architecture == "UNETR" and "img_size" in spec.arguments \
+                and _per_axis(spec.arguments["img_size"]) != ws:
+            raise Agg2ExpError(f"window size {ws} differs from the UNETR's img_size {spec.arguments['img_size']} -- "
+                               f"UNETR takes only windows of its img_size; use --window-size "
+                               f"{' '.join(str(v) for v in _per_axis(spec.arguments['img_size']))}")
+        if any(w < lo or w % m for w, m, lo in zip(ws, mult, low)):
+            near = tuple(max(lo, int(round(w / m)) * m) for w, m, lo in zip(ws, mult, low))
+            need = (f"a multiple of {mult[0]}" if len(set(mult)) == 1 else f"multiples of {mult} per axis") \
+                if mult != (1, 1, 1) else f"at least {low[0]}"
+            raise Agg2ExpError(f"window size {ws} does not fit the {spec.architecture}: each axis must be {need}"
+                               f"{'' if mult == (1, 1, 1) or low == mult else f' and at least {low[0]}'} -- use e.g. "
+                               f"--window-size {' '.join(str(v) for v in near)}")
+    # one window's input, logits and (at least) as many activations per layer: a lower bound
+    check_allocation(float(np.prod(ws, dtype=float)) * 4 * (1 + max(2, n_classes)) * 4,
+                     f"a sliding window of {ws}", "use a smaller --window-size")
 
 
 def build_network(spec: ModelSpec) -> torch.nn.Module:
     """Build the (untrained) network a spec describes; output channels = number of classes."""
     args = dict(spec.arguments)
     n_out = args.pop("out_channels", len(spec.class_names))
-    if n_out != len(spec.class_names):
+    if not isinstance(n_out, int) or n_out != len(spec.class_names):
         raise Agg2ExpError(
             f"the model has {n_out} output channels but {len(spec.class_names)} class names -- "
             "give one name per output channel"
         )
     in_ch = args.pop("in_channels", 1)
-    try:
+    try:  # MONAI's constructors check their own arguments (unknown norm/act, lengths, types)
         return ARCHITECTURES[spec.architecture](in_ch, n_out, spec.window_size, **args)
-    except TypeError as e:
-        raise Agg2ExpError(f"invalid arguments for {spec.architecture}: {e}") from e
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Agg2ExpError(f"invalid arguments for {spec.architecture} in the model spec: {first[:300]} -- see MONAI's "
+                           f"{spec.architecture} for the arguments it takes") from e
+
+
+def check_model_window(model: SegmentationModel, window_size: Sequence[int] | int | None = None) -> None:
+    """:func:`check_window_size` for a loaded model (its spec where it has one; ``None`` = its own window)."""
+    ws = model.window_size if window_size is None else window_size_3d(window_size)
+    check_window_size(model.spec if isinstance(model.spec, ModelSpec) else None, ws, model.num_classes)
 
 
 def bundled_model_path() -> Path:
@@ -188,6 +295,8 @@ def load_model(
     label_names: str | os.PathLike | list[str] | None = None,
     device: str | None = "auto",
     trust_checkpoint: bool = False,
+    trust_bundle: bool = False,
+    tta: bool = False,
     preprocessing: PreprocessingSpec | None = None,
     window_size: tuple[int, int, int] | None = None,
 ) -> SegmentationModel:
@@ -198,6 +307,8 @@ def load_model(
         label_names: for TorchScript: a labels JSON (``{"0": "background", ...}``) or a list.
         device: ``auto`` (cuda > mps > cpu) or a torch device name.
         trust_checkpoint: allow pickle checkpoints (arbitrary code!).
+        tta: nnU-Net folders: mirroring test-time augmentation (off by default).
+        trust_bundle: evaluate a MONAI bundle's Python expressions (arbitrary code!).
         preprocessing, window_size: override the spec's (TorchScript defaults: SPEC §9 CT, 96³).
 
     Raises:
@@ -209,6 +320,13 @@ def load_model(
         raise Agg2ExpError(f"model not found: {p} -- give a model folder (with {SPEC_FILE}) or a TorchScript file")
     # other model formats are recognised by their files: MONAI bundle (configs/metadata.json),
     # nnU-Net v2 result folder (dataset.json + plans.json) -- dispatch here
+    if is_nnunet_folder(p):
+        return load_nnunet(p, device=dev, trust_checkpoint=trust_checkpoint, tta=tta)
+    if is_bundle(p):
+        names = None if label_names is None else \
+            (list(label_names) if isinstance(label_names, list) else read_label_names(label_names))
+        return load_bundle(p, device=device, label_names=names, trust_bundle=trust_bundle,
+                           trust_checkpoint=trust_checkpoint, window_size=window_size)
     spec_path = p / SPEC_FILE if p.is_dir() else (p if p.name.endswith(".json") else None)
     if spec_path is not None:
         if not spec_path.exists():
@@ -226,6 +344,8 @@ def load_model(
                     "give one name per output channel"
                 )
             spec.class_names = names
+        check_window_size(spec, window_size_3d(window_size) if window_size is not None else spec.window_size,
+                          len(spec.class_names))
         net = build_network(spec)
         if spec.weights:
             if not isinstance(spec.weights, str) or Path(spec.weights).is_absolute() or ".." in Path(spec.weights).parts:
@@ -238,8 +358,10 @@ def load_model(
                 if wpath.suffix == ".safetensors":
                     try:
                         load_st_model(net, str(wpath), strict=True, device="cpu")
-                    except (OSError, ValueError) as e:  # not a safetensors file
-                        raise Agg2ExpError(f"cannot read weights {wpath} ({e}) -- the file is corrupt or not safetensors") from e
+                    except (SafetensorError, OSError, ValueError) as e:  # empty, corrupt, oversized header
+                        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                        raise Agg2ExpError(f"cannot read weights {wpath} ({first}) -- the file is corrupt, truncated "
+                                           "or not safetensors; save the weights again") from e
                 else:
                     net.load_state_dict(load_state_dict(wpath, trust_checkpoint))
             except RuntimeError as e:
@@ -248,6 +370,7 @@ def load_model(
                     f"weights {wpath.name} do not fit the {spec.architecture} described in {spec_path.name} ({first[:200]})"
                 ) from e
         net = net.to(dev).eval()
+        read = [spec_path] + ([wpath] if spec.weights else [])
         return SegmentationModel(
             network=net,
             class_names=list(spec.class_names),
@@ -256,13 +379,14 @@ def load_model(
             device=dev,
             source=str(p),
             spec=spec,
+            files=tuple(str(f) for f in read + ([Path(label_names)] if isinstance(label_names, (str, os.PathLike)) else [])),
         )
     # a single file: TorchScript
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.jit.load.*is deprecated")
             net = torch.jit.load(str(p), map_location=dev)
-    except Exception as e:
+    except (RuntimeError, ValueError, OSError) as e:  # torch's reader: not a TorchScript archive
         if p.suffix in (".pt", ".pth", ".ckpt", ".safetensors"):
             raise Agg2ExpError(
                 f"{p} is not a TorchScript model -- a plain checkpoint needs a model folder with {SPEC_FILE} "
@@ -281,4 +405,5 @@ def load_model(
         device=dev,
         source=str(p),
         spec=None,
+        files=(str(p),) + ((str(label_names),) if isinstance(label_names, (str, os.PathLike)) else ()),
     )

@@ -19,8 +19,8 @@ import torch
 from napari_agg2exp.data.preprocessing import Preprocessed, preprocess, to_input_grid
 from napari_agg2exp.data.volume import Volume
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.models.inference import SlidingWindow, check_window_options, sliding_window_logits
-from napari_agg2exp.models.loading import SegmentationModel
+from napari_agg2exp.models.inference import SlidingWindow, check_window_options, sliding_window_segment
+from napari_agg2exp.models.loading import SegmentationModel, check_model_window
 from napari_agg2exp.progress import CancelFlag, ProgressCallback
 
 __all__ = ["PreparedCase", "prepare_case", "segment", "frozen"]
@@ -136,6 +136,7 @@ def prepare_case(
         Agg2ExpError: bad window options or a model whose outputs do not fit its class names.
     """
     ws, overlap, blend = check_window_options(model.window_size if window_size is None else window_size, overlap, blend)
+    check_model_window(model, ws)  # a window the network can take and the memory can hold
     overlap = model.overlap if overlap is None else overlap
     blend = model.blend if blend is None else blend
     sw_batch_size = model.sw_batch_size if sw_batch_size is None else sw_batch_size
@@ -144,17 +145,15 @@ def prepare_case(
     plan = SlidingWindow.plan(pre.array.shape, ws, overlap, blend, device=model.device, placement=model.placement)
     try:
         with frozen(model.network), torch.no_grad():
-            logits = sliding_window_logits(model.network, x[None], plan, n_classes=model.num_classes,
-                                           sw_batch_size=sw_batch_size, progress=progress, cancel=cancel)
-            labels = logits.argmax(0)
-            present = torch.unique(labels).tolist()
-            # f_c(x) of the clean input straight from the stitched logits, then free them (C volumes)
-            scores = {int(c): float(logits[c][labels == c].sum()) for c in present}
-            del logits
+            # labels and f_c(x) of the clean input in one streaming sweep: never C full logit volumes
+            seg = sliding_window_segment(model.network, x[None], plan, n_classes=model.num_classes,
+                                         sw_batch_size=sw_batch_size, progress=progress, cancel=cancel)
     except torch.OutOfMemoryError as e:  # pragma: no cover - device dependent
         raise Agg2ExpError(f"out of memory on {model.device}: try a smaller --window-size or --device cpu") from e
+    scores = seg.scores
     dtype = torch.uint8 if model.num_classes <= 256 else torch.int32
-    labels_np = labels.to(dtype).cpu().numpy()
+    labels_np = seg.labels.to(dtype).cpu().numpy()
+    del seg
     pred = to_input_grid(labels_np, pre, mode="nearest").astype(labels_np.dtype)
     return PreparedCase(model, image, pre, x, plan, labels_np, image.like(pred, name=f"{image.name}_prediction"),
                         scores, max(1, int(sw_batch_size)))

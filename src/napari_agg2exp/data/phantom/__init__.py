@@ -27,11 +27,12 @@ Example:
 
 from napari_agg2exp.data.phantom.cases import PhantomCase, case_seed, make_phantom
 from napari_agg2exp.data.phantom.cohort import write_phantom_cohort
-from napari_agg2exp.data.phantom.grid import DEFAULT_SHAPE, DEFAULT_SPACING
+from napari_agg2exp.data.phantom.grid import DEFAULT_SHAPE, DEFAULT_SPACING, PHANTOM_SIZES
 
 __all__ = [
     "DEFAULT_SHAPE",
     "DEFAULT_SPACING",
+    "PHANTOM_SIZES",
     "PhantomCase",
     "case_seed",
     "make_phantom",

@@ -16,10 +16,16 @@ import numpy as np
 
 from napari_agg2exp.errors import Agg2ExpError
 
-__all__ = ["DEFAULT_SHAPE", "DEFAULT_SPACING"]
+__all__ = ["DEFAULT_SHAPE", "DEFAULT_SPACING", "PHANTOM_SIZES"]
 
 DEFAULT_SHAPE: tuple[int, int, int] = (96, 80, 96)
 DEFAULT_SPACING: float = 3.0
+#: Named grids ``name -> (shape, spacing in mm)``: the default demo grid and a clinical-size CT
+#: (512 x 512 x 300 at 0.8 x 0.8 x 1.5 mm, the size the sliding windows and resampling meet in practice).
+PHANTOM_SIZES: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {
+    "default": (DEFAULT_SHAPE, (DEFAULT_SPACING,) * 3),
+    "full": ((512, 512, 300), (0.8, 0.8, 1.5)),
+}
 #: Field of view (mm) the anatomy is designed on; other grids are scaled to it.
 _NOMINAL_FOV = np.array([288.0, 240.0, 288.0])
 _MIN_DIM = 24

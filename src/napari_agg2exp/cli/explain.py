@@ -8,6 +8,7 @@ from typing import Any
 
 from napari_agg2exp.attribution.explainer import Explainer, Explanation
 from napari_agg2exp.attribution.methods import METHODS, look_up_method
+from napari_agg2exp.attribution.region import RegionLabels, split_region_spec
 from napari_agg2exp.cli.arguments import (
     add_method_args,
     add_model_args,
@@ -17,6 +18,7 @@ from napari_agg2exp.cli.arguments import (
     window_from_args,
 )
 from napari_agg2exp.cli.progress import TerminalProgress
+from napari_agg2exp.data.labels import as_label_array
 from napari_agg2exp.data.volume import load_volume
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.files import check_out_dir, staged_output
@@ -38,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="features of kernelshap-semantic, feature-ablation and shapley-sampling: a label volume on "
                         "the image grid, or 'prediction' / 'cubes' (feature-ablation, shapley-sampling)")
     p.add_argument("--spread", default=None, choices=["even", "broadcast"], help="KernelSHAP per-voxel convention")
+    p.add_argument("--target-region", default=None, metavar="LABELS[:ID]",
+                   help="explain each class's score over its prediction inside this region only: a label volume "
+                        "(nonzero voxels, or label ID) on the image grid or any grid with an affine")
+    p.add_argument("--class-batch", type=int, default=None, metavar="N",
+                   help="classes per pass while maps are streamed to disk (memory holds N maps; default: as many "
+                        "as fit in 1 GiB for vg/ig/sg, all classes for the perturbation methods)")
     p.add_argument("--case", default=None, help="case name in the tables (default: the image file name)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--maps-on", default="model", choices=["model", "input"],
@@ -54,8 +62,12 @@ def explainer_from_args(method: str, args: argparse.Namespace, **settings: Any) 
     m = look_up_method(method)
     given = {**method_settings(args), **settings}
     if given.get("features") not in (None, "cubes", "prediction"):
-        given["features"] = load_volume(given["features"], what="features")
-    return Explainer(m, **m.parameters_from_settings(given))
+        given["features"] = load_volume(given["features"], what="features volume")
+        as_label_array(given["features"].array, what="features volume")  # the one label check
+    class_batch = getattr(args, "class_batch", None)
+    if class_batch is not None and class_batch < 1:
+        raise Agg2ExpError(f"--class-batch must be at least 1, got {class_batch}")
+    return Explainer(m, class_batch=class_batch, **m.parameters_from_settings(given))
 
 
 def print_explanation(e: Explanation) -> None:
@@ -77,14 +89,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if hasattr(fm, "shape") and fm.shape != image.shape:
             raise Agg2ExpError(f"feature volume shape {fm.shape} differs from the image's {image.shape} -- give the "
                                "features on the image's grid")
+    region = None
+    if args.target_region is not None:  # read (and its label id checked) before the model loads
+        path, label = split_region_spec(args.target_region)
+        region = RegionLabels(load_volume(path, what="target region"), label)
+        if label is not None and not (region.volume.array == label).any():
+            raise Agg2ExpError(f"--target-region {args.target_region}: no voxel has label {label} -- pick a label id "
+                               "present in the file")
     model = model_from_args(args)
     with staged_output(args.out, args.overwrite) as tmp:
         res = run_case(model, image, case=args.case, ground_truth=gt, explainer=explainer,
                        targets=None if args.classes in (None, "all") else args.classes,
+                       target_region=region,
                        out=CaseFolder(tmp, final=args.out), window_size=window_from_args(args), overlap=args.overlap,
                        blend=args.blend, sw_batch_size=args.sw_batch_size, maps_on=args.maps_on,
                        progress=TerminalProgress(f"explain {args.method}"))
     print_explanation(res.explanation)
+    if res.explanation.region is not None:
+        print(f"target region: {res.explanation.region.voxels} model voxels ({args.target_region})")
     print(f"wrote {Path(args.out)}/attributions/ ({len(res.explanation.targets)} maps), local_importance.csv, "
           "attribution_info.json")
     return 0

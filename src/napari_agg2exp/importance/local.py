@@ -50,6 +50,8 @@ from napari_agg2exp.progress import CancelFlag, ProgressCallback, check_cancel, 
 __all__ = [
     "PARTS",
     "THORAX_JOINS",
+    "LocalImportance",
+    "OccupancyImportance",
     "as_label_array",
     "local_importance",
     "look_up_part",
@@ -329,33 +331,55 @@ def local_importance(
         >>> local_importance(a, rois, ["background", "heart"], parts=["abs"])[["roi", "mass"]].values.tolist()
         [['background', 0.25], ['heart', 0.75]]
     """
-    labels, parts = _prepare(rois, parts)
-    n_named = max((int(k) for k in roi_names), default=-1) + 1 if isinstance(roi_names, Mapping) else len(roi_names)
-    n_bins = max(int(labels.max()) + 1 if labels.size else 0, n_named)
-    index = _LabelIndex.build(labels, n_bins)
-    names, ids, join_ids = _name_table(labels, index.counts, roi_names, joins, skip_labels)
-    roi_list = [names[i] for i in ids] + list(join_ids)
-    counts = np.concatenate([index.counts[ids], [index.counts[m].sum() for m in join_ids.values()]]).astype(float)
-
+    agg = LocalImportance(rois, roi_names, case=case, parts=parts, joins=joins, skip_labels=skip_labels)
     targets = list(attributions.keys())
-    rows = []
     for t_i, target in enumerate(targets):
         check_cancel(cancel)
         report(progress, t_i, len(targets), f"local importance: {target}")
-        a = _array_of(attributions[target])
-        _check_shape(target, a, labels.shape)
+        agg.add(target, attributions[target])
+    report(progress, len(targets), len(targets), "local importance: done")
+    return agg.table()
+
+
+class LocalImportance:
+    """:func:`local_importance` one map at a time: the RoIs are indexed once, each :meth:`add` reads one map
+    once and keeps only its rows, so maps can be dropped (or written) as soon as they are made.
+
+    Args:
+        rois, roi_names, case, parts, joins, skip_labels: as in :func:`local_importance`.
+    """
+
+    def __init__(self, rois: np.ndarray, roi_names: Sequence[str] | Mapping[int, str], *, case: str = "case",
+                 parts: Sequence[str] = PARTS, joins: Mapping[str, Sequence[str]] | Iterable[str] | None = None,
+                 skip_labels: Iterable[int] = ()):
+        labels, self.parts = _prepare(rois, parts)
+        n_named = max((int(k) for k in roi_names), default=-1) + 1 if isinstance(roi_names, Mapping) else len(roi_names)
+        n_bins = max(int(labels.max()) + 1 if labels.size else 0, n_named)
+        self._index = _LabelIndex.build(labels, n_bins)
+        names, self._ids, self._join_ids = _name_table(labels, self._index.counts, roi_names, joins, skip_labels)
+        self._roi_list = [names[i] for i in self._ids] + list(self._join_ids)
+        self._counts = np.concatenate([self._index.counts[self._ids],
+                                       [self._index.counts[m].sum() for m in self._join_ids.values()]]).astype(float)
+        self.case, self._rows = case, []
+
+    def add(self, target: str, attribution: np.ndarray) -> None:
+        """The rows of one target's map (on the RoIs' grid); a bad shape or NaN/inf is an Agg2ExpError."""
+        a = _array_of(attribution)
+        _check_shape(target, a, self._index.shape)
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite maps are reported just below
-            pos, neg = index.part_sums(a)
+            pos, neg = self._index.part_sums(a)
         if not (np.isfinite(pos).all() and np.isfinite(neg).all()):
             raise Agg2ExpError(f"attribution map for {target!r} holds NaN or infinite values -- recompute it")
-        for part in parts:
+        for part in self.parts:
             sums = {"abs": pos + neg, "pos": pos, "neg": neg}[part]
             total = sums.sum()
-            roi_sums = np.concatenate([sums[ids], [sums[m].sum() for m in join_ids.values()]])
+            roi_sums = np.concatenate([sums[self._ids], [sums[m].sum() for m in self._join_ids.values()]])
             mass = _divide(roi_sums, total) if total > 0 else np.full(len(roi_sums), np.nan)
-            rows.append((str(target), part, roi_list, mass, _divide(roi_sums, counts)))
-    report(progress, len(targets), len(targets), "local importance: done")
-    return _frame(case, rows)
+            self._rows.append((str(target), part, self._roi_list, mass, _divide(roi_sums, self._counts)))
+
+    def table(self) -> pd.DataFrame:
+        """The long table of the maps added so far (in the order added)."""
+        return _frame(self.case, self._rows)
 
 
 _PART_FUNCS = {
@@ -428,33 +452,49 @@ def occupancy_local_importance(
     Returns:
         The long table ``case, target, roi, part, mass, mean``.
     """
-    parts = tuple(look_up_part(p) for p in parts)
-    names = list(occupancy)
-    for name, members in (joins or {}).items():
-        unknown = [m for m in members if m not in occupancy]
-        if unknown:
-            raise Agg2ExpError(f"join {name!r}: unknown RoI {unknown[0]!r}{did_you_mean(unknown[0], names)}")
-    weights = [np.asarray(occupancy[n], np.float64).ravel() for n in names]
-    weights += [sum(np.asarray(occupancy[m], np.float64).ravel() for m in members) for members in (joins or {}).values()]
-    roi_list = names + list(joins or {})
-    sizes = np.array([w.sum() for w in weights])
+    agg = OccupancyImportance(occupancy, case=case, parts=parts, joins=joins)
     targets = list(attributions)
-    rows = []
     for t_i, target in enumerate(targets):
         check_cancel(cancel)
         report(progress, t_i, len(targets), f"local importance: {target}")
-        a = _array_of(attributions[target])
-        shape = np.shape(occupancy[names[0]]) if names else a.shape
-        _check_shape(target, a, shape)
+        agg.add(target, attributions[target])
+    report(progress, len(targets), len(targets), "local importance: done")
+    return agg.table()
+
+
+class OccupancyImportance:
+    """:func:`occupancy_local_importance` one map at a time (as :class:`LocalImportance`)."""
+
+    def __init__(self, occupancy: Mapping[str, np.ndarray], *, case: str = "case", parts: Sequence[str] = PARTS,
+                 joins: Mapping[str, Sequence[str]] | None = None):
+        self.parts = tuple(look_up_part(p) for p in parts)
+        names = list(occupancy)
+        for name, members in (joins or {}).items():
+            unknown = [m for m in members if m not in occupancy]
+            if unknown:
+                raise Agg2ExpError(f"join {name!r}: unknown RoI {unknown[0]!r}{did_you_mean(unknown[0], names)}")
+        self._weights = [np.asarray(occupancy[n], np.float64).ravel() for n in names] + [
+            sum(np.asarray(occupancy[m], np.float64).ravel() for m in members) for members in (joins or {}).values()]
+        self._roi_list = names + list(joins or {})
+        self._sizes = np.array([w.sum() for w in self._weights])
+        self._shape = np.shape(occupancy[names[0]]) if names else None
+        self.case, self._rows = case, []
+
+    def add(self, target: str, attribution: np.ndarray) -> None:
+        """The rows of one target's map (on the occupancy grid)."""
+        a = _array_of(attribution)
+        _check_shape(target, a, a.shape if self._shape is None else self._shape)
         a = a.astype(np.float64).ravel()
         if not np.isfinite(a).all():
             raise Agg2ExpError(f"attribution map for {target!r} holds NaN or infinite values -- recompute it")
         pos, neg = np.maximum(a, 0), np.maximum(-a, 0)
-        for part in parts:
+        for part in self.parts:
             g = {"abs": pos + neg, "pos": pos, "neg": neg}[part]
             total = g.sum()
-            sums = np.array([g @ w for w in weights])
+            sums = np.array([g @ w for w in self._weights])
             mass = _divide(sums, total) if total > 0 else np.full(len(sums), np.nan)
-            rows.append((str(target), part, roi_list, mass, _divide(sums, sizes)))
-    report(progress, len(targets), len(targets), "local importance: done")
-    return _frame(case, rows)
+            self._rows.append((str(target), part, self._roi_list, mass, _divide(sums, self._sizes)))
+
+    def table(self) -> pd.DataFrame:
+        """The long table of the maps added so far."""
+        return _frame(self.case, self._rows)

@@ -14,21 +14,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from napari_agg2exp.attribution.explainer import Explainer, Explanation
+from napari_agg2exp.attribution.region import RegionLike
 from napari_agg2exp.data.dice import quality_table
 from napari_agg2exp.data.geometry import label_occupancy
+from napari_agg2exp.data.labels import as_label_array
+from napari_agg2exp.data.preprocessing import to_input_grid
 from napari_agg2exp.data.volume import Volume, load_volume
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.evaluation.evaluate import evaluate_case
 from napari_agg2exp.files import safe_file_name
-from napari_agg2exp.importance.local import local_importance, occupancy_local_importance
+from napari_agg2exp.importance.local import LocalImportance, OccupancyImportance
 from napari_agg2exp.models.loading import SegmentationModel
 from napari_agg2exp.models.prepared import PreparedCase, prepare_case
 from napari_agg2exp.options import look_up_option
 from napari_agg2exp.progress import CancelFlag, ProgressCallback, SubProgress, check_cancel, report
-from napari_agg2exp.workflows.case_folder import CaseFolder
+from napari_agg2exp.workflows.case_folder import ATTRIBUTIONS, CaseFolder
 
 __all__ = ["CaseResult", "run_case", "read_case_inputs"]
 
@@ -40,7 +44,8 @@ class CaseResult:
     Attributes:
         case: the case name.
         prepared: the scan on the model grid with its clean segmentation.
-        explanation: the attribution maps.
+        explanation: the attribution maps (in memory; streamed to ``folder`` when one is written, then
+            :meth:`~napari_agg2exp.attribution.explainer.Explanation.map_model` reads them back).
         local_importance: ``case,target,roi,part,mass,mean`` (predicted RoIs, then custom RoIs).
         quality: ``case,class,dice,iou`` against the ground truth.
         metrics: ``case,method,target,metric,value`` explanation-quality metrics.
@@ -71,6 +76,8 @@ def read_case_inputs(image: Volume | str | os.PathLike, ground_truth: Volume | s
     if gt is not None and gt.shape != vol.shape:
         raise Agg2ExpError(f"ground truth shape {gt.shape} differs from the image's {vol.shape} -- they must share "
                            "a grid")
+    if gt is not None:
+        as_label_array(gt.array, what="ground truth")  # the one label check (whole numbers >= 0, finite)
     return vol, gt
 
 
@@ -82,6 +89,7 @@ def run_case(
     ground_truth: Volume | str | os.PathLike | None = None,
     explainer: Explainer | None = None,
     targets: Sequence[str | int] | str | None = None,
+    target_region: RegionLike | None = None,
     local: bool = True,
     rois: Volume | str | os.PathLike | None = None,
     roi_names: Sequence[str] | Mapping[int, str] | None = None,
@@ -107,12 +115,16 @@ def run_case(
         ground_truth: labels on the image's grid: writes segmentation quality (Dice, IoU).
         explainer: the attribution method; ``None`` segments only.
         targets: classes to explain; ``None``/``"all"`` = every predicted class.
+        target_region: explain each class's score over its prediction inside this region only (a label volume
+            on the input grid or any grid with an affine, nonzero voxels; a path, ``FILE:ID`` = one label id).
         local: compute local RoI importance of the maps (predicted RoIs).
         rois: a custom RoI label volume (any grid with an affine; label 0 = the rest, not reported),
             added to the local importance table with ``roi_names``.
         evaluate: explanation-quality settings (``methods`` and the keyword arguments of
             :func:`~napari_agg2exp.evaluation.evaluate.evaluate_case`), computed on the same segmentation.
-        out: the case folder to write (prediction, labels, maps, tables, ``case.json`` last).
+        out: the case folder to write (prediction, labels, maps, tables, ``case.json`` last). With a folder the
+            maps are streamed: each is written and aggregated as soon as its class pass is done, so memory holds
+            one pass of maps (:meth:`~napari_agg2exp.attribution.explainer.Explainer.classes_per_pass`), not all.
         keep_maps: write the attribution maps into ``out``.
         maps_on: grid of the written maps: ``"model"`` (the grid the model saw, its own affine; SPEC §4, §9)
             or ``"input"`` (resampled to the scan's grid on request). Aggregation always uses the model grid.
@@ -132,13 +144,16 @@ def run_case(
     vol, gt = read_case_inputs(prepared.image if prepared is not None else image, ground_truth)
     roi_vol = None if rois is None else (rois if isinstance(rois, Volume) else load_volume(rois, what="RoI volume"))
     name = case or vol.name or "case"
+    if gt is not None:
+        as_label_array(gt.array, model.num_classes, what="ground truth")  # ids of this model's classes
+    if roi_vol is not None:
+        as_label_array(roi_vol.array, what="RoI volume")
     if targets not in (None, "all"):
         for t in [t.strip() for t in targets.split(",")] if isinstance(targets, str) else targets:
             model.class_index(t)  # unknown class names fail before any work
     n_eval = len(evaluate.get("methods", ())) if evaluate else 0
     # in the order the steps run, so the progress never goes back
-    weights = {"segment": 10, "explain": 80 if explainer is not None else 0, "write": 5 if explainer else 0,
-               "local": 5 if explainer else 0, "evaluate": 40 * n_eval}
+    weights = {"segment": 10, "explain": 90 if explainer is not None else 0, "evaluate": 40 * n_eval}
     total = sum(weights.values())
     starts, acc = {}, 0
     for k, w in weights.items():
@@ -156,32 +171,10 @@ def run_case(
     if out is not None:
         out.write_prediction(prepared.prediction, model.class_names)
     if explainer is not None:
-        e = explainer.explain(prepared, targets, progress=sub("explain"), cancel=cancel)
+        e, result.local_importance = _explain_case(prepared, vol, explainer, targets, target_region, name, local,
+                                                   roi_vol, roi_names, out if keep_maps else None, out is not None,
+                                                   maps_on, sub("explain"), cancel)
         result.explanation = e
-        # the model grid without its padding: aggregation happens here (SPEC §4), maps are written here by default
-        crop, grid_affine = prepared.crop, prepared.crop_affine
-        maps = {safe_file_name(t): e.maps_model[k][crop] for k, t in enumerate(e.targets)}
-        if out is not None and keep_maps:
-            if maps_on == "model":
-                out.write_model_prediction(Volume(prepared.labels[crop], grid_affine))
-            for i, t in enumerate(e.targets):
-                check_cancel(cancel)
-                grid_map = maps[safe_file_name(t)]
-                out.write_attribution(t, Volume(grid_map, grid_affine) if maps_on == "model"
-                                      else vol.like(e.map_on_input(t)))
-                report(sub("write"), i + 1, len(e.targets), f"maps: {t}")
-        if local:
-            names = [safe_file_name(n) for n in model.class_names]
-            table = local_importance(maps, prepared.labels[crop], names, case=name, progress=sub("local"),
-                                     cancel=cancel)
-            if roi_vol is not None:  # custom RoIs: their share of each model voxel
-                occ = label_occupancy(roi_vol, prepared.labels[crop].shape, grid_affine)
-                roi_map = dict(roi_names) if isinstance(roi_names, Mapping) else dict(enumerate(roi_names or []))
-                occupancy = {str(roi_map.get(i, f"label_{i}")): w for i, w in sorted(occ.items())}
-                custom = occupancy_local_importance(maps, occupancy, case=name, cancel=cancel)
-                table = pd.concat([table, custom], ignore_index=True)
-            result.local_importance = table
-        del maps
         if out is not None:
             out.write_attribution_info({"case": name, **out.inputs_record(image, ground_truth), "model": model.source,
                                         **e.info()})
@@ -202,3 +195,66 @@ def run_case(
     report(progress, total, total, "done")
     return result
 
+
+
+def _explain_case(prepared: PreparedCase, vol: Volume, explainer: Explainer, targets, target_region, name: str,
+                  local: bool, roi_vol: Volume | None, roi_names, out: CaseFolder | None, stream: bool, maps_on: str,
+                  progress: ProgressCallback | None, cancel: CancelFlag | None,
+                  ) -> tuple[Explanation, pd.DataFrame | None]:
+    """Explain, then write each map into ``out`` and aggregate it into local importance as it comes: streamed
+    (``stream``: no map is kept past its class pass) or from the maps held in memory."""
+    crop, grid_affine = prepared.crop, prepared.crop_affine
+    labels = prepared.labels[crop]
+    agg = occ_agg = None
+    if local:
+        agg = LocalImportance(labels, [safe_file_name(n) for n in prepared.class_names], case=name)
+        if roi_vol is not None:  # custom RoIs: their share of each model voxel
+            occ = label_occupancy(roi_vol, labels.shape, grid_affine)
+            roi_map = dict(roi_names) if isinstance(roi_names, Mapping) else dict(enumerate(roi_names or []))
+            occ_agg = OccupancyImportance({str(roi_map.get(i, f"label_{i}")): w for i, w in sorted(occ.items())},
+                                          case=name)
+    if out is not None and maps_on == "model":
+        out.write_model_prediction(Volume(labels, grid_affine))
+
+    def handle(target: str, _class_id: int, map_model) -> None:
+        grid_map = map_model[crop]
+        if out is not None:
+            out.write_attribution(target, Volume(grid_map, grid_affine) if maps_on == "model"
+                                  else vol.like(to_input_grid(map_model, prepared.pre).astype("float32")))
+        if agg is not None:
+            agg.add(safe_file_name(target), grid_map)
+        if occ_agg is not None:
+            occ_agg.add(safe_file_name(target), grid_map)
+
+    if stream:
+        e = explainer.explain(prepared, targets, target_region=target_region, sink=handle, progress=progress,
+                              cancel=cancel)
+        if out is not None:
+            e.map_reader = _folder_reader(out, prepared, maps_on)
+    else:
+        e = explainer.explain(prepared, targets, target_region=target_region, progress=SubProgress(progress, 0, 9, 10),
+                              cancel=cancel)
+        for k, t in enumerate(e.targets):
+            check_cancel(cancel)
+            handle(t, e.target_ids[k], e.maps_model[k])
+            report(progress, 9 * len(e.targets) + k + 1, 10 * len(e.targets), f"aggregated {t}")
+    table = None
+    if agg is not None:
+        table = agg.table() if occ_agg is None else pd.concat([agg.table(), occ_agg.table()], ignore_index=True)
+    return e, table
+
+
+def _folder_reader(out: CaseFolder, prepared: PreparedCase, maps_on: str):
+    """Reads a streamed map back from the case folder (where it was written, or where it was moved to): on the
+    grid it was written on, the model grid padded back to the whole grid."""
+    def read(target: str, grid: str):
+        if grid != maps_on:
+            return None
+        folder = out if (out.path / ATTRIBUTIONS).is_dir() else CaseFolder(out.final)
+        arr = folder.attribution(safe_file_name(target))
+        if grid == "input":
+            return arr
+        full = np.zeros(prepared.labels.shape, np.float32)
+        full[prepared.crop] = arr
+        return full
+    return read

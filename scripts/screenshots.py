@@ -1,15 +1,18 @@
-"""Drive a real napari viewer through the plugin's flow and save the README screenshots.
+"""Drive a real napari viewer through the plugin's main panel and save the README screenshots.
 
     python scripts/screenshots.py [--model PATH] [--out docs/screenshots] [--method vg] [--target heart]
 
-Without a display it re-runs itself under ``xvfb-run`` (``make apt`` installs it). The flow uses the
-dock widgets themselves (Model -> Segment -> Explain -> RoI importance -> Cohort & graph), each run in
-its thread worker, and writes:
+Without a display it re-runs itself under ``xvfb-run`` (``make apt`` installs it) on a 1920×1080
+screen. The window is 1920×1080 with the main panel (Agg2Exp) and the results dock open; the flow
+uses the panel's sections themselves (Model -> Segment -> Explain -> RoIs -> Cohort), each run in its
+thread worker, and writes, in the dark and the light theme (``<name>_dark.png``, ``<name>_light.png``;
+one process per theme, ``--theme`` picks one):
 
-* ``overlay.png``  -- the attribution map of the target class over the CT, prediction outlined;
-* ``roi_table.png`` -- the viewer with the RoI importance dock (table + bar chart);
-* ``graph.png``     -- the viewer with the Cohort & graph dock (graph + distribution plot);
-* ``explain.png``   -- the viewer with the Model / Segment / Explain docks after the run.
+* ``explain``  -- the attribution map of the target class over the CT (prediction outlined), Explain section;
+* ``rois``     -- the RoIs section, the results dock's table + bar chart, the clicked RoI highlighted;
+* ``graph``    -- the Cohort section, the results dock's graph + distribution plot;
+
+and ``overlay.png``, the canvas alone (dark theme).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = (1680, 1000)
+SIZE = (1920, 1080)
 
 
 def _ensure_display() -> None:
@@ -32,7 +35,7 @@ def _ensure_display() -> None:
     if xvfb is None:
         sys.exit("no display and no xvfb-run: run `make apt` (installs xvfb) or set DISPLAY")
     os.environ["AGG2EXP_NO_XVFB"] = "1"
-    args = [xvfb, "-a", "-s", f"-screen 0 {SIZE[0] + 80}x{SIZE[1] + 80}x24", sys.executable, *sys.argv]
+    args = [xvfb, "-a", "-s", f"-screen 0 {SIZE[0]}x{SIZE[1]}x24", sys.executable, *sys.argv]
     os.execv(xvfb, args)
 
 
@@ -61,12 +64,22 @@ def main(argv=None) -> int:
     ap.add_argument("--method", default="vg", help="attribution method (default: vg)")
     ap.add_argument("--target", default="heart", help="class shown (default: heart)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--theme", choices=("dark", "light", "both"), default="both",
+                    help="napari theme of the screenshots (both: one run per theme, each in its own process)")
     args = ap.parse_args(argv)
     _ensure_display()
+    if args.theme == "both":  # a fresh viewer per theme: napari re-themes a running window imperfectly under Xvfb
+        import subprocess
+
+        base = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--theme")]
+        for theme in ("dark", "light"):
+            rc = subprocess.call([sys.executable, str(Path(__file__).resolve()), *base, "--theme", theme])
+            if rc:
+                return rc
+        return 0
 
     import napari
     import pandas as pd
-    from napari.utils.colormaps import DirectLabelColormap
     from qtpy.QtWidgets import QApplication
 
     from napari_agg2exp import viewer as agg
@@ -78,39 +91,38 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     viewer = napari.Viewer(title="napari-agg2exp", show=True)
-    viewer.window.resize(*SIZE)
+    viewer.theme = args.theme
+    window = viewer.window._qt_window
+    window.resize(*SIZE)
     app = QApplication.instance()
     agg.open_sample(viewer)
-    docks = {}
+    panel = agg.open_widget(viewer, "Agg2Exp")  # the main panel (it opens the results dock under it)
+    _settle(app)
+    state = agg.session(viewer)
 
-    def dock(name):
-        if name not in docks:
-            docks[name] = viewer.window.add_plugin_dock_widget(agg.PLUGIN, name)
-        return docks[name][1]
+    def shoot(name: str) -> None:
+        window.resize(*SIZE)
+        _settle(app, 0.8)
+        path = out / f"{name}_{args.theme}.png"
+        viewer.window.screenshot(str(path), canvas_only=False, flash=False)
+        print(path, flush=True)
 
-    def only(*names):
-        for n, (dw, _) in docks.items():
-            dw.setVisible(n in names)
-        _settle(app)
-        viewer.window.resize(*SIZE)  # docks added while others were shown made the window grow
-        _settle(app)
-
-    # Model -> Segment -> Explain, through the widgets
-    model_w = dock("Model")
+    # Model -> Segment -> Explain, through the panel's sections
+    model_w = panel.show_section("Model")
     if args.model is not None:
         model_w._source.setCurrentText("Model folder")
         model_w._folder.value = str(Path(args.model).resolve())
     model_w._device.setCurrentText(args.device)
     model_w.load()
     _wait(app, model_w)
-    print("model:", agg.session(viewer).model.source, flush=True)
+    print("model:", state.model.source, flush=True)
 
-    seg_w = dock("Segment")
+    seg_w = panel.show_section("Segment")
     seg_w.run()
     _wait(app, seg_w)
     print("segmented", flush=True)
 
-    exp_w = dock("Explain")
+    exp_w = panel.show_section("Explain")
     exp_w.set_method(args.method)
     t0 = time.monotonic()
     exp_w.run()
@@ -124,47 +136,34 @@ def main(argv=None) -> int:
     agg.select_class(viewer, target)
     for name in ("phantom labels", "phantom pathology"):
         viewer.layers[name].visible = False
-    # axial slices, radiological convention (anterior up, patient's right on the left)
-    viewer.dims.order = (2, 1, 0)
-    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
-    camera.orientation2d = ("up", "left")
-    # the prediction of the target class outlined in yellow, above the map (SPEC §8)
-    names = pred.features["class_name"].tolist()
-    pred.colormap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), names.index(target): (1, 1, 0, 1)})
     pred.contour = 1
     pred.opacity = 1.0
     viewer.layers.move(viewer.layers.index(pred), len(viewer.layers))
-    viewer.layers.selection.active = maps[target]
     agg.go_to_roi(viewer, pred, target)
     viewer.reset_view()
-    only("Model", "Segment", "Explain")
-    viewer.window.screenshot(str(out / "explain.png"), canvas_only=False)
-    viewer.window.screenshot(str(out / "overlay.png"), canvas_only=True)
+    _settle(app)
+    if args.theme == "dark":
+        viewer.window.screenshot(str(out / "overlay.png"), canvas_only=True, flash=False)
+    shoot("explain")
 
-    # RoI importance of the target class, RoIs = the prediction
-    roi_w = dock("RoI importance")
+    # RoIs: local importance of the target class (RoIs = the prediction); a click on the target's row
+    roi_w = panel.show_section("RoIs")
     roi_w._target.setCurrentText(target)
     roi_w.compute()
     _wait(app, roi_w)
-    row = [roi_w._grid.item(i, 0).text() for i in range(roi_w._grid.rowCount())].index(target)
-    roi_w._grid.selectRow(row)
-    roi_w._row_clicked(row)  # what a click on the row does: go to the RoI's largest slice
+    state.selection.roi = target  # what a click on its bar / row does: highlight it, go to its largest slice
     viewer.reset_view()
-    docks["RoI importance"][0].setMinimumWidth(480)
-    only("RoI importance")
-    viewer.window.screenshot(str(out / "roi_table.png"), canvas_only=False)
+    shoot("rois")
+    pred.show_selected_label = False
 
-    # the pathology as custom RoIs joins the graph ("aggregated twice")
+    # Cohort: this scan's prediction RoIs and its pathology as custom RoIs ("aggregated twice")
     table = agg.roi_importance(viewer, image, "phantom pathology", target=target)
-    combined = pd.concat([agg.session(viewer).tables[(image.name, "prediction")], table], ignore_index=True)
-    graph_w = dock("Cohort & graph")
+    combined = pd.concat([state.tables[(image.name, "prediction")], table], ignore_index=True)
+    panel.show_section("Cohort")
     agg.show_graph(viewer, combined)
-    graph_w.select_node(target)
-    docks["Cohort & graph"][0].setMinimumWidth(720)
-    only("Cohort & graph")
-    viewer.window.screenshot(str(out / "graph.png"), canvas_only=False)
-    for name in ("explain", "overlay", "roi_table", "graph"):
-        print(out / f"{name}.png")
+    panel.cohort.select_node(target)
+    pred.show_selected_label = False
+    shoot("graph")
     viewer.close()
     return 0
 

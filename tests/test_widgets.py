@@ -27,6 +27,8 @@ PLUGIN = "napari-agg2exp"
 TIMEOUT_MS = 60_000
 
 WIDGET_CLASSES = {
+    "Agg2Exp": "Agg2ExpPanel",
+    "Results": "ResultsWidget",
     "Model": "ModelWidget",
     "Segment": "SegmentWidget",
     "Explain": "ExplainWidget",
@@ -113,7 +115,7 @@ def test_manifest_lists_widgets_in_one_menu():
 
     mf = PluginManifest.from_distribution(PLUGIN)
     names = [w.display_name for w in mf.contributions.widgets]
-    assert names == list(agg.WIDGETS)
+    assert names == list(agg.WIDGETS) and names[0] == "Agg2Exp"  # the main panel first
     assert all(w.autogenerate is False for w in mf.contributions.widgets)
     menu = mf.contributions.menus["napari-agg2exp.menu"]
     assert [m.command for m in menu] == [w.command for w in mf.contributions.widgets]
@@ -171,21 +173,19 @@ def test_full_flow_segment_explain_roi_graph(viewer, tiny_model_folder, qtbot, n
     exp_w.run()
     wait_done(qtbot, exp_w)
     maps = agg.attribution_layers(viewer, image)
-    present = {model.class_names[i] for i in np.unique(pred.data)}
-    assert set(maps) == present and len(viewer.layers) == n_before + len(present)
-    for target, layer in maps.items():
-        lo, hi = layer.contrast_limits
-        p95 = float(np.percentile(np.abs(layer.data), 95))
-        assert lo == pytest.approx(-hi) and hi == pytest.approx(p95, rel=1e-5)
-        assert layer.blending == "translucent" and layer.colormap.name.startswith("agg2exp_bwr")
-        cut = layer.metadata["agg2exp"]["transparent_below"]  # 1% of max |a| (SPEC §8)
-        assert cut == pytest.approx(0.01 * np.abs(layer.data).max(), rel=1e-5)
-        inside, outside = 0.5 + 0.45 * cut / hi, 0.5 + 0.55 * cut / hi  # colormap coordinates
-        alpha = layer.colormap.map(np.array([0.0, inside, outside, 1.0]))[:, 3]
-        assert alpha[1] == 0 and alpha[0] == alpha[3] == 1
-        np.testing.assert_allclose(layer.scale, image.scale)
-        assert layer.metadata["agg2exp"]["target"] == target
-    assert sum(ly.visible for ly in maps.values()) == 1
+    # default classes: the foreground classes present in the prediction; one layer for the run
+    present = {model.class_names[i] for i in np.unique(pred.data)} - {"background"}
+    assert set(maps) == present and len(viewer.layers) == n_before + 1
+    layer = next(iter(maps.values()))
+    lo, hi = layer.contrast_limits
+    assert lo == pytest.approx(-hi) and layer.colormap.name.startswith("agg2exp_bwr")
+    np.testing.assert_allclose(layer.scale[-3:], image.scale[-3:])
+    assert layer.visible
+    # the user's class choice is kept for the next run
+    exp_w.set_targets(["a"])
+    exp_w._fill_classes()
+    assert exp_w.targets() == ["a"]
+    exp_w.set_targets(sorted(present))
     assert not [n for n in notes if n[0] == "error"], notes
 
     # RoI importance on the prediction: table + bars; features re-assigned on the RoI layer
@@ -197,45 +197,51 @@ def test_full_flow_segment_explain_roi_graph(viewer, tiny_model_folder, qtbot, n
     pred.events.features.connect(lambda e: events.append(e))
     roi_w.compute()
     wait_done(qtbot, roi_w)
-    assert roi_w._grid.rowCount() == len(model.class_names)
-    masses = [float(roi_w._grid.item(i, 1).text()) for i in range(roi_w._grid.rowCount())]
+    results = agg.session(viewer).results
+    grid = results.roi_table.grid
+    assert grid.rowCount() == len(model.class_names)
+    masses = [float(grid.item(i, 1).text()) for i in range(grid.rowCount())]
     assert masses == sorted(masses, reverse=True) and sum(masses) == pytest.approx(1, abs=1e-3)
     assert events and "mass_abs" in pred.features and (pred.features["importance_target"] == target).all()
-    assert roi_w._plot.figure is not None
+    assert results.roi_plot.figure is not None
 
     # clicking a row moves the viewer to that RoI's slice of largest area
     from napari_agg2exp.report.case_figures import best_slices
 
-    roi = roi_w._grid.item(0, 0).text()
-    roi_w._grid.cellClicked.emit(0, 0)
+    roi = grid.item(0, 0).text()
+    grid.cellClicked.emit(0, 0)
     idx = best_slices(pred.data == model.class_names.index(roi))
     np.testing.assert_allclose(viewer.dims.point[-3:], pred.data_to_world(idx))
     # ... and so does clicking its bar in the chart
-    bars = [p for p in roi_w._plot.figure.axes[0].patches if p.get_gid()]
+    bars = [p for p in results.roi_plot.figure.axes[0].patches if p.get_gid()]
     present = set(np.unique(pred.data).tolist())
     # a bar one can click: of a RoI present in the prediction (an empty RoI has no slice), wide enough to hit
     bar = [b for b in bars if model.class_names.index(b.get_gid()) in present and b.get_width() > 0.02][-1]
     viewer.dims.set_point(range(3), pred.data_to_world((0, 0, 0)))  # away; the click moves it back
-    _click(roi_w._plot.canvas, lambda: tuple(bar.get_window_extent().get_points().mean(axis=0)))
+    _click(results.roi_plot.canvas, lambda: tuple(bar.get_window_extent().get_points().mean(axis=0)))
     idx = best_slices(pred.data == model.class_names.index(bar.get_gid()))
     np.testing.assert_allclose(viewer.dims.point[-3:], pred.data_to_world(idx))
     # the charts follow napari's theme
-    dark = roi_w._plot.figure.get_facecolor()
+    dark = results.roi_plot.figure.get_facecolor()
     viewer.theme = "light"
-    assert roi_w._plot.figure.get_facecolor() != dark
+    assert results.roi_plot.figure.get_facecolor() != dark
     viewer.theme = "dark"
 
     # Cohort & graph from the session's table; clicking a node selects the class everywhere
     graph_w = dock(viewer, "Cohort & graph")
     res = graph_w.draw()
     assert res is not None and res.graph.number_of_nodes() >= 1
-    nodes = [n for n in res.graph.nodes if n in maps]
-    assert nodes and graph_w._graph_view.figure is not None
+    nodes = [n for n in graph_w._nodes if n in maps]
+    assert nodes and results.graph_plot.figure is not None
     node = nodes[-1]
-    _click(graph_w._graph_view.canvas, lambda: graph_w.node_position(node))
+    _click(results.graph_plot.canvas, lambda: graph_w.node_position(node))
     assert agg.session(viewer).selected_class == node
     assert roi_w._target.currentText() == node and exp_w._classes.currentItem().text() == node
-    assert maps[node].visible and sum(ly.visible for ly in maps.values()) == 1
+    from napari_agg2exp.viewer.display import _shown_index
+    from napari_agg2exp.viewer.layer_lookup import map_targets
+
+    assert map_targets(layer)[_shown_index(viewer, layer)] == node
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is layer, timeout=2000)  # active follows the map
     assert not [n for n in notes if n[0] == "error"], notes
 
 
@@ -282,9 +288,10 @@ def test_evaluate_widget_metrics_table(loaded, qtbot, notes):
     w.run()
     wait_done(qtbot, w)
     assert w.table is not None, notes
-    headers = [w._grid.horizontalHeaderItem(i).text() for i in range(w._grid.columnCount())]
+    grid = agg.session(viewer).results.metrics_table.grid
+    headers = [grid.horizontalHeaderItem(i).text() for i in range(grid.columnCount())]
     assert headers == ["method", "target", "Faithfulness correlation", "Effective complexity"]
-    assert w._grid.rowCount() == w.table["target"].nunique() >= 1
+    assert grid.rowCount() == w.table["target"].nunique() >= 1
     complexity = w.table[w.table["metric"] == "complexity"]["value"]
     assert ((complexity >= 0) & (complexity <= 1)).all()
     assert not [n for n in notes if n[0] == "error"], notes
@@ -379,9 +386,9 @@ def test_reader_writer_round_trip(loaded, tmp_path):
     viewer = loaded
     image = scan(viewer)
     pred = agg.segment(viewer, image)
-    maps = agg.explain(viewer, image, "vg")
+    agg.explain(viewer, image, "vg")
     out = {}
-    for layer in (image, pred, maps[0]):
+    for layer in (image, pred):  # the 4D attribution layer (class axis): see the writer tests
         path = tmp_path / f"{layer.name.replace(' ', '_')}.nii.gz"
         written = layer.save(str(path), plugin=PLUGIN)
         assert written and path.exists()
@@ -450,5 +457,32 @@ def test_event_loop_heartbeat_during_run(loaded, qtbot, notes):
     # the prediction and each map are added one per event-loop turn; a turn is napari's own
     # add_layer (vispy visuals, layer controls: 80-500 ms on a loaded 2-core machine, varying with
     # the load), nothing else: no percentile or resampling is left on the main thread
-    assert len(adding) >= len(layers), adding
+    assert len(adding) >= len({id(ly) for ly in layers.values()}), adding
     assert adding.max() < max(100.0, 4000 * add_cost + 50), (adding.round(), add_cost)
+
+
+def test_explain_a_painted_region(loaded, qtbot, notes):
+    """The Explain section's Region picker: a painted Labels layer is passed as the target region
+    (the run's provenance records it); an empty region is refused before any work."""
+    viewer = loaded
+    image = scan(viewer)
+    agg.segment(viewer, image)
+    region = viewer.add_labels(np.zeros(image.data.shape, np.uint8), name="nodule", **grid_kwargs(image))
+    exp_w = dock(viewer, "Explain")
+    exp_w._region.setCurrentText("nodule")
+    assert exp_w.run() is None and "empty" in notes[-1][1]  # nothing painted yet
+    n_notes = len(notes)
+    pred = viewer.layers["phantom CT prediction"]
+    ids, counts = np.unique(np.asarray(pred.data), return_counts=True)
+    cls = int(ids[1:][np.argmax(counts[1:])])  # the largest foreground class
+    mask = np.asarray(pred.data) == cls
+    z = int(np.argmax(mask.sum(axis=(0, 1))))
+    region.data[..., z - 2:z + 3] = mask[..., z - 2:z + 3]  # a slab of that class
+    region.refresh()
+    exp_w.set_targets([agg.session(viewer).model.class_names[cls]])
+    assert exp_w.run() is not None
+    wait_done(qtbot, exp_w)
+    layer = agg.attribution_layer(viewer, image) if hasattr(agg, "attribution_layer") else \
+        next(iter(agg.attribution_layers(viewer, image).values()))
+    assert "target_region" in layer.metadata["agg2exp"]["info"], layer.metadata["agg2exp"]["info"].keys()
+    assert not [n for n in notes[n_notes:] if n[0] == "error"], notes

@@ -12,16 +12,36 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from napari_agg2exp.viewer.display import attribution_colormap, class_colours, hex_colour, labels_colormap
-from napari_agg2exp.viewer.layer_lookup import META, feature_names, find_layer, layer_kind, provenance
+from napari_agg2exp.viewer.display import (
+    attribution_colormap,
+    class_colours,
+    hex_colour,
+    labels_colormap,
+    lock_symmetric,
+    radiology_view,
+)
+from napari_agg2exp.viewer.layer_lookup import (
+    META,
+    feature_names,
+    find_layer,
+    layer_kind,
+    provenance,
+)
 from napari_agg2exp.viewer.layers import grid_kwargs, layer_affine
 from napari_agg2exp.viewer.sample import make_phantom_sample
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
-    import pandas as pd
 
-__all__ = ["add_attribution", "add_prediction", "open_sample", "set_or_add", "write_features"]
+__all__ = [
+    "add_attribution",
+    "add_prediction",
+    "attribution_kwargs",
+    "open_sample",
+    "prediction_kwargs",
+    "set_or_add",
+    "write_features",
+]
 
 
 def open_sample(viewer: napari.Viewer, seed: int = 90210) -> list:
@@ -32,6 +52,7 @@ def open_sample(viewer: napari.Viewer, seed: int = 90210) -> list:
     for data, kwargs, layer_type in make_phantom_sample(seed):
         layers.append(viewer.add_layer(Layer.create(data, kwargs, layer_type)))
     viewer.layers.selection.active = layers[0]
+    radiology_view(viewer)
     return layers
 
 
@@ -40,7 +61,7 @@ def set_or_add(viewer: napari.Viewer, existing: napari.layers.Layer | None, laye
     """Update ``existing`` in place (re-runs keep the user's layer order), else add a new layer."""
     if existing is not None and type(existing).__name__.lower() == layer_type and existing.data.shape == data.shape:
         existing.data = data
-        for key in ("metadata", "features", "colormap", "contrast_limits"):
+        for key in ("metadata", "features", "colormap", "contrast_limits", "scale", "translate"):
             if key in kwargs:
                 setattr(existing, key, kwargs[key])
         return existing
@@ -49,48 +70,85 @@ def set_or_add(viewer: napari.Viewer, existing: napari.layers.Layer | None, laye
     return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
 
 
-def add_prediction(viewer: napari.Viewer, image: napari.layers.Image, prediction: np.ndarray,
-                   class_names: Sequence[str], source: str) -> napari.layers.Labels:
-    """Add (or update) the Labels layer ``"<image> prediction"``: class names and colours in its
-    features, ``source`` (the model) in its provenance."""
+def prediction_kwargs(image: napari.layers.Image, class_names: Sequence[str], source: str) -> dict[str, Any]:
+    """napari keywords of the prediction Labels layer of ``image`` (class names and colours in its
+    features, ``source`` -- the model -- in its provenance, the image's grid and source geometry)."""
     colours = class_colours(len(class_names))
     features = {"index": list(range(len(class_names))), "class_name": list(class_names),
                 "color": [hex_colour(c) for c in colours]}
-    kwargs = {
+    colormap = labels_colormap(colours)
+    colormap.map(np.arange(len(class_names), dtype=np.uint8))  # napari JIT-compiles its mapping here, not in the GUI
+    return {
         "name": f"{image.name} prediction",
         "features": features,
-        "colormap": labels_colormap(colours),
+        "colormap": colormap,
         "opacity": 0.5,
-        "metadata": {"affine": layer_affine(image).tolist(),
+        "metadata": {**_geometry_meta(image),
                      META: {"kind": "prediction", "image": image.name, "class_names": list(class_names),
                             "model": source}},
         **grid_kwargs(image),
     }
+
+
+def _geometry_meta(image: napari.layers.Image) -> dict[str, Any]:
+    """The image's affine and source geometry (what the writer restores) for a layer on its grid."""
+    md = {"affine": layer_affine(image).tolist()}
+    for key in ("source_affine", "source_ornt", "oblique"):
+        if key in image.metadata:
+            md[key] = image.metadata[key]
+    return md
+
+
+def add_prediction(viewer: napari.Viewer, image: napari.layers.Image, prediction: np.ndarray,
+                   class_names: Sequence[str], source: str,
+                   kwargs: dict[str, Any] | None = None) -> napari.layers.Labels:
+    """Add (or update) the Labels layer ``"<image> prediction"`` (``kwargs``: from
+    :func:`prediction_kwargs`, e.g. built in a worker)."""
+    kwargs = prediction_kwargs(image, class_names, source) if kwargs is None else kwargs
     return set_or_add(viewer, find_layer(viewer, "prediction", image.name), "labels",
                       np.asarray(prediction, dtype=np.uint8), kwargs)
 
 
-def add_attribution(viewer: napari.Viewer, image: napari.layers.Image, method: str, target: str, data: np.ndarray,
-                    limit: float, transparent_below: float, info: dict[str, Any],
-                    visible: bool) -> napari.layers.Image:
-    """Add (or update) the attribution Image layer ``"<image> <method> <target>"``: diverging
-    colormap with contrast limits ``(-limit, limit)``, transparent below ``transparent_below``
-    (same unit as ``limit``), blended over the scan."""
-    kwargs = {
-        "name": f"{image.name} {method} {target}",
-        "colormap": attribution_colormap(transparent_below / limit),
-        "contrast_limits": (-limit, limit),
+def attribution_kwargs(image: napari.layers.Image, method: str, targets: Sequence[str], limits: Sequence[float],
+                       transparent_below: Sequence[float], info: dict[str, Any], shown: int = 0,
+                       visible: bool = True) -> dict[str, Any]:
+    """napari keywords of a run's attribution layer (data ``(K, X, Y, Z)``, class axis first): the
+    diverging colormap and symmetric limits ``(-limits[k], limits[k])`` of the shown class ``k``
+    (transparent below ``transparent_below[k]``, same unit), translucent 3D rendering (both signs
+    show), blended over the scan. Safe to call in a worker thread (the colormaps are built here)."""
+    cmaps = [attribution_colormap(c / v if v > 0 else 0.0) for v, c in zip(limits, transparent_below)]
+    vlim = float(limits[shown])
+    return {
+        "name": f"{image.name} {method}",
+        "colormap": cmaps[shown],
+        "contrast_limits": (-vlim, vlim),
+        "rgb": False,
         "blending": "translucent",
+        "rendering": "translucent",
         "opacity": 0.9,
         "visible": visible,
-        "metadata": {"affine": layer_affine(image).tolist(),
-                     META: {"kind": "attribution", "image": image.name, "target": target, "method": method,
-                            "limit": limit, "transparent_below": transparent_below, "info": info}},
-        **grid_kwargs(image),
+        "metadata": {**_geometry_meta(image),
+                     META: {"kind": "attribution", "image": image.name, "targets": list(targets), "method": method,
+                            "limits": [float(v) for v in limits],
+                            "transparent_below": [float(c) for c in transparent_below], "info": info}},
+        **grid_kwargs(image, leading=1),
     }
-    old = find_layer(viewer, "attribution", image.name, target=target, method=method)
+
+
+def add_attribution(viewer: napari.Viewer, image: napari.layers.Image, data: np.ndarray,
+                    kwargs: dict[str, Any]) -> napari.layers.Image:
+    """Add (or update in place) a run's attribution Image layer (``data`` ``(K, X, Y, Z)``, ``kwargs``
+    from :func:`attribution_kwargs`): one ``add_layer`` call; its limits stay symmetric."""
+    info = kwargs["metadata"][META]
+    old = find_layer(viewer, "attribution", image.name, method=info["method"])
     layer = set_or_add(viewer, old, "image", data, kwargs)
-    layer.visible = visible
+    if layer.visible != kwargs.get("visible", True):
+        layer.visible = kwargs.get("visible", True)
+    if layer is not old:
+        lock_symmetric(layer)
+    top = float(max(info["limits"]) if info["limits"] else 1.0)
+    if tuple(layer.contrast_limits_range) != (-top, top):
+        layer.contrast_limits_range = (-top, top)
     return layer
 
 

@@ -17,13 +17,14 @@ from napari_agg2exp.importance.global_importance import KeepRule, global_importa
 from napari_agg2exp.importance.global_importance import importance_graph as _graph
 from napari_agg2exp.importance.tables import join_members
 from napari_agg2exp.progress import SubProgress, check_cancel
-from napari_agg2exp.viewer.docks import open_widget
+from napari_agg2exp.viewer.docks import cohort_section
 from napari_agg2exp.viewer.jobs import Job, model_for
 from napari_agg2exp.viewer.layer_lookup import get_image_layer, image_layers
 from napari_agg2exp.viewer.layers import layer_volume
 from napari_agg2exp.viewer.session import session
 from napari_agg2exp.workflows.case import run_case
 from napari_agg2exp.workflows.case_importance import read_local_importance
+from napari_agg2exp.workflows.discover import discover_cases
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -33,16 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["GraphResult", "cohort", "cohort_job", "cohort_table", "importance_graph", "load_tables", "show_graph"]
 
 
-def _nifti_files(folder) -> list[Path]:
-    p = Path(folder)
-    if not p.is_dir():
-        raise Agg2ExpError(f"cohort folder not found: {p} -- give a folder of .nii/.nii.gz scans")
-    files = sorted(f for f in p.iterdir() if f.name.endswith((".nii", ".nii.gz")))
-    if not files:
-        raise Agg2ExpError(f"no .nii/.nii.gz file in {p}")
-    return files
-
-
 def cohort_job(viewer: napari.Viewer, images: Sequence[napari.layers.Image | str] | str | Path | None = None,
                method: str = "vg", model: SegmentationModel | str | Path | None = None, *,
                parts: Sequence[str] = ("abs", "pos", "neg"), **params: Any) -> Job:
@@ -50,14 +41,16 @@ def cohort_job(viewer: napari.Viewer, images: Sequence[napari.layers.Image | str
     predicted RoIs; no layer is added. ``apply`` returns the cohort table (one case per scan).
 
     Args:
-        images: None (every open scan), a list of Image layers / names, or a folder of NIfTI scans.
+        images: None (every open scan), a list of Image layers / names, or a cohort folder / manifest in
+            any layout of :func:`~napari_agg2exp.workflows.discover.discover_cases` (``case_XXXX/image.nii.gz``
+            as ``agg2exp phantom`` writes, flat ``<case>.nii.gz`` files, a ``case,image`` manifest CSV).
         method, model, **params: as in :func:`~napari_agg2exp.viewer.jobs.explain_job` (targets: all
             present classes).
     """
     explainer = Explainer(method, **params)
     state = session(viewer)
     if isinstance(images, (str, Path)) and not (isinstance(images, str) and images in viewer.layers):
-        sources: list = _nifti_files(images)
+        sources: list = [(row["case"], Path(row["image"])) for row in discover_cases(images)]
     else:
         layers = image_layers(viewer) if images is None else [get_image_layer(viewer, i) for i in images]
         if not layers:
@@ -69,9 +62,9 @@ def cohort_job(viewer: napari.Viewer, images: Sequence[napari.layers.Image | str
         frames = []
         for i, src in enumerate(sources):
             check_cancel(cancel)
-            vol = load_volume(src) if isinstance(src, Path) else src
+            case, vol = (src[0], load_volume(src[1])) if isinstance(src, tuple) else (src.name or f"case{i}", src)
             sub = SubProgress(progress, 100 * i, 100, 100 * len(sources))
-            res = run_case(m, vol, case=vol.name or f"case{i}", explainer=explainer, progress=sub, cancel=cancel)
+            res = run_case(m, vol, case=case, explainer=explainer, progress=sub, cancel=cancel)
             frames.append(res.local_importance[res.local_importance["part"].isin(parts)])
         return m, new, pd.concat(frames, ignore_index=True)
 
@@ -160,7 +153,8 @@ def importance_graph(table: pd.DataFrame, part: str = "abs", keep_mass: float | 
 def show_graph(viewer: napari.Viewer, tables: pd.DataFrame | str | Path | Sequence[str | Path] | None = None, *,
                part: str = "abs", keep_mass: float | None = None, keep_fraction: float | None = None,
                top_k: int | None = None) -> GraphResult | None:
-    """Show the importance graph and the distribution plots in the "Cohort & graph" dock.
+    """Show the importance graph and the distribution plots in the results dock (the Cohort section
+    of the main panel when it is open, else the "Cohort & graph" dock draws them).
 
     Args:
         tables: None (the session's cohort / RoI tables), a local importance DataFrame, or paths of
@@ -179,5 +173,4 @@ def show_graph(viewer: napari.Viewer, tables: pd.DataFrame | str | Path | Sequen
             state.tables_changed.emit()
         else:
             load_tables(viewer, [tables] if isinstance(tables, (str, Path)) else list(tables))
-    widget = open_widget(viewer, "Cohort & graph")
-    return widget.draw(part=part, keep_mass=keep_mass, keep_fraction=keep_fraction, top_k=top_k)
+    return cohort_section(viewer).draw(part=part, keep_mass=keep_mass, keep_fraction=keep_fraction, top_k=top_k)

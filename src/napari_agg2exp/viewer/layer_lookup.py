@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.viewer.session import session
 
@@ -18,12 +20,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "META",
     "all_attribution_layers",
+    "attribution_layer",
     "attribution_layers",
+    "attribution_maps",
     "feature_names",
     "find_layer",
     "get_image_layer",
     "image_layers",
     "layer_kind",
+    "map_targets",
     "prediction_layer",
     "provenance",
     "roi_label_ids",
@@ -95,23 +100,52 @@ def prediction_layer(viewer: napari.Viewer,
 
 
 def all_attribution_layers(viewer: napari.Viewer, image_name: str) -> list:
-    """Every attribution layer of the image ``image_name`` (all targets and methods)."""
+    """Every attribution layer of the image ``image_name`` (one per method run)."""
     return [ly for ly in viewer.layers if layer_kind(ly) == "attribution" and provenance(ly).get("image") == image_name]
 
 
-def attribution_layers(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
-                       method: str | None = None) -> dict[str, Any]:
-    """Target class -> attribution Image layer of an image, for one method (default: the method
-    the image was last explained with in this session, else the topmost map's)."""
+def attribution_layer(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
+                      method: str | None = None) -> napari.layers.Image | None:
+    """The attribution layer of an image for one method (default: the method the image was last
+    explained with in this session, else the topmost map's); None when there is none.
+
+    One layer per run: data ``(K, X, Y, Z)`` with a leading class axis, the class names in
+    ``provenance(layer)["targets"]``."""
     img = get_image_layer(viewer, image)
     maps = all_attribution_layers(viewer, img.name)
     if not maps:
-        return {}
+        return None
     if method is None:
         methods = {provenance(ly).get("method") for ly in maps}
         last = session(viewer).methods.get(img.name)
         method = last if last in methods else provenance(maps[-1]).get("method")
-    return {provenance(ly)["target"]: ly for ly in maps if provenance(ly).get("method") == method}
+    return next((ly for ly in maps if provenance(ly).get("method") == method), None)
+
+
+def map_targets(layer: napari.layers.Layer) -> list[str]:
+    """Class names along an attribution layer's class axis."""
+    info = provenance(layer)
+    return list(info.get("targets") or ([info["target"]] if "target" in info else []))
+
+
+def attribution_layers(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
+                       method: str | None = None) -> dict[str, Any]:
+    """Target class -> attribution Image layer of an image for one method (see
+    :func:`attribution_layer`; every class of a run maps to the run's one layer)."""
+    layer = attribution_layer(viewer, image, method)
+    return {} if layer is None else dict.fromkeys(map_targets(layer), layer)
+
+
+def attribution_maps(viewer: napari.Viewer, image: napari.layers.Image | str | None = None,
+                     method: str | None = None) -> dict[str, np.ndarray]:
+    """Target class -> its 3D map (a view of the layer's data, on the image's grid) for one method."""
+    layer = attribution_layer(viewer, image, method)
+    if layer is None:
+        return {}
+    data = np.asarray(layer.data)
+    if data.ndim == 3:
+        return {t: data for t in map_targets(layer)}
+    return {t: data[k] for k, t in enumerate(map_targets(layer))}
 
 
 def feature_names(layer: napari.layers.Labels) -> dict[int, str]:

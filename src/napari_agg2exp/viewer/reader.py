@@ -1,4 +1,12 @@
-"""napari reader for NIfTI (``.nii``, ``.nii.gz``): images as Image layers, label files as Labels."""
+"""napari reader for NIfTI (``.nii``, ``.nii.gz``): images as Image layers, label files as Labels.
+
+Every file is shown in its closest canonical (RAS+) axis order with a positive scale and a
+translate (:func:`~napari_agg2exp.viewer.layers.volume_layer`), so any axis order, flip or spacing
+renders and files on different grids overlay in world (RAS+ mm) coordinates. An oblique file is
+shown axis-aligned, with a notification. Images read as CT (a Hounsfield-unit range) open in the
+mediastinum window; the viewer switches to the radiology defaults (axial view, mm) on the next
+event-loop turn (:func:`~napari_agg2exp.viewer.display.radiology_view`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from napari_agg2exp.data.volume import load_volume
-from napari_agg2exp.viewer.layers import volume_layer_kwargs
+from napari_agg2exp.viewer.display import default_contrast, schedule_radiology_view
+from napari_agg2exp.viewer.layers import volume_layer
 
 __all__ = ["napari_get_reader", "read_nifti"]
 
@@ -30,31 +39,37 @@ def napari_get_reader(
 
 def _is_nifti(path) -> bool:
     name = str(path)
-    return (name.endswith(".nii") or name.endswith(".nii.gz")) and Path(name).is_file()
+    return name.endswith((".nii", ".nii.gz")) and Path(name).is_file()
 
 
 def _looks_like_labels(name: str, data: np.ndarray) -> bool:
-    if not np.issubdtype(data.dtype, np.integer):
-        if not np.all(np.mod(data[:: max(1, data.shape[0] // 8)], 1) == 0):
-            return False
+    if not np.issubdtype(data.dtype, np.integer) and not np.all(np.mod(data[:: max(1, data.shape[0] // 8)], 1) == 0):
+        return False
     if _LABEL_NAME.search(name):
         return True
     return np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize == 1
 
 
 def read_nifti(path: str | Path | list[str | Path]) -> list[tuple[np.ndarray, dict[str, Any], str]]:
-    """Read one or more NIfTI files into napari LayerData tuples."""
+    """Read one or more NIfTI files into napari LayerData tuples (canonical axis order)."""
+    from napari.utils.notifications import show_warning
+
     paths = path if isinstance(path, list) else [path]
     layers = []
     for p in paths:
         vol = load_volume(p)
         if _looks_like_labels(Path(p).name, vol.array):
-            layers.append((np.asarray(vol.array).astype(np.int32), volume_layer_kwargs(vol), "labels"))
+            data, kw = volume_layer(vol)
+            layers.append((np.asarray(data).astype(np.int32), kw, "labels"))
         else:
-            data = np.asarray(vol.array, dtype=np.float32)
-            kw = volume_layer_kwargs(vol, colormap="gray")
-            lo, hi = float(np.percentile(data, 0.5)), float(np.percentile(data, 99.5))
-            if hi > lo:
-                kw["contrast_limits"] = (lo, hi)
+            data, kw = volume_layer(vol, colormap="gray")
+            data = np.asarray(data, dtype=np.float32)
+            contrast = default_contrast(data)
+            kw["metadata"]["ct_window"] = contrast.pop("ct_window")
+            kw.update(contrast)
             layers.append((data, kw, "image"))
+        if kw["metadata"]["oblique"]:
+            show_warning(f"{Path(p).name}: the affine is oblique -- shown axis-aligned (voxel sizes and origin "
+                         "kept, rotation ignored); results are computed with the full affine")
+    schedule_radiology_view()
     return layers

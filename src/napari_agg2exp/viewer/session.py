@@ -7,11 +7,12 @@ The dock widgets and the scripted functions of :mod:`napari_agg2exp.viewer` shar
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from psygnal import Signal
+from psygnal import Signal, evented
 
 from napari_agg2exp.attribution.explainer import Explanation
 from napari_agg2exp.data.volume import Volume
@@ -19,11 +20,39 @@ from napari_agg2exp.models.prepared import PreparedCase
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
-    import pandas as pd
 
     from napari_agg2exp.models.loading import SegmentationModel
 
-__all__ = ["Session", "session"]
+__all__ = ["MEASURES", "PARTS", "Selection", "Session", "session"]
+
+#: Importance measures and processings a selection can show.
+MEASURES = ("mass", "mean")
+PARTS = ("abs", "pos", "neg")
+
+
+@evented
+@dataclass
+class Selection:
+    """What every section of the panel shows: one evented model per viewer (psygnal).
+
+    Attributes:
+        case: the image layer (scan) inspected.
+        target: the class inspected (its map is shown, its importance listed).
+        rois: the RoI source: ``"prediction"`` or the name of a Labels layer.
+        measure: ``mass`` or ``mean``.
+        part: ``abs``, ``pos`` or ``neg``.
+        roi: the highlighted RoI (bar / row / node clicked), or None.
+
+    ``selection.events.<field>.connect(callback)`` is called with the new value on each change;
+    ``selection.events.connect`` with any change.
+    """
+
+    case: str | None = None
+    target: str | None = None
+    rois: str = "prediction"
+    measure: str = "mass"
+    part: str = "abs"
+    roi: str | None = None
 
 
 class Session:
@@ -41,8 +70,11 @@ class Session:
             reused by explain and evaluate so nothing segments the same scan twice.
         explanations: the last explanation of each image (its model-grid maps, for RoI importance).
 
+        selection: the :class:`Selection` (case, class, RoI source, measure) every section follows.
+        results: the viewer's results dock widget (plots and tables), once opened.
+
     Signals (psygnal): ``model_changed(model)``, ``class_selected(name)``, ``tables_changed()``,
-    ``busy_changed(title or None)``.
+    ``busy_changed(title or None)``; the selection's own ``selection.events``.
     """
 
     model_changed = Signal(object)
@@ -60,6 +92,8 @@ class Session:
         self.busy: str | None = None
         self.prepared: dict[str, PreparedCase] = {}
         self.explanations: dict[str, Explanation] = {}
+        self.selection = Selection()
+        self.results = None
 
     def set_model(self, model: SegmentationModel) -> None:
         self.model = model
@@ -70,6 +104,7 @@ class Session:
     def select_class(self, name: str | None) -> None:
         if name and name != self.selected_class:
             self.selected_class = str(name)
+            self.selection.target = str(name)
             self.class_selected.emit(str(name))
 
     def set_busy(self, title: str | None) -> None:

@@ -3,6 +3,8 @@
 ===================  ==========================================================================
 widget               does
 ===================  ==========================================================================
+Agg2Exp              the main panel: the six sections below as tabs of one compact dock
+Results              the results dock: RoI table + bar chart, graph + distribution, metrics
 Model                load the bundled default model, a model folder, or TorchScript + labels
 Segment              image layer -> prediction Labels layer (class names/colours in features)
 Explain              attribution maps per class (method + parameters from the registry)
@@ -11,7 +13,8 @@ Cohort & graph       cohort tables -> importance graph + distributions; click a 
 Evaluate             explanation-quality metrics of the current scan
 ===================  ==========================================================================
 
-Long runs go to napari thread workers (progress in the activity dock, Cancel button); layers are
+The sections are also single docks (secondary entries); plots and tables always go to the viewer's
+one results dock. Long runs go to napari thread workers (progress in the activity dock, Cancel button); layers are
 only added when a run has returned. Widgets of one viewer share a
 :class:`~napari_agg2exp.viewer.session.Session` (model, selected class, tables).
 Widget classes are imported from their modules (``napari.yaml`` names them), so importing this
@@ -21,15 +24,19 @@ package does not import Qt.
 import importlib
 
 __all__ = [
+    "Agg2ExpPanel",
     "CohortGraphWidget",
     "EvaluateWidget",
     "ExplainWidget",
     "ModelWidget",
+    "ResultsWidget",
     "RoiImportanceWidget",
     "SegmentWidget",
 ]
 
 _MODULES = {
+    "Agg2ExpPanel": ".panel",
+    "ResultsWidget": ".results",
     "ModelWidget": ".model",
     "SegmentWidget": ".segment",
     "ExplainWidget": ".explain",

@@ -1,9 +1,10 @@
-"""Cohort & graph widget: local importance tables of a cohort -> the class-to-RoI graph (SPEC §5)
-and the per-class distribution plots, drawn with matplotlib in napari's theme.
+"""Cohort section: local importance tables of a cohort -> the class-to-RoI graph (SPEC §5) and the
+per-class distribution plots, drawn in the results dock with matplotlib in napari's theme.
 
-Tables come from CSV/Parquet files, from a small cohort run here (the open scans or a folder of
-NIfTI scans), or from the RoI importance computed in this session. Clicking a class node selects
-that class in the other widgets.
+Tables come from CSV/Parquet files, from a small cohort run here (the open scans, a cohort folder in
+any layout the project writes, or a manifest), or from the RoI importance computed in this session.
+The graph shows the heaviest kept edges only (the "Edges shown" slider); clicking a node selects
+that class everywhere and highlights the RoI in the viewer; hovering a node lists its edges.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSplitter,
-    QVBoxLayout,
+    QSlider,
 )
 
 from napari_agg2exp.attribution.explainer import METHODS
@@ -36,9 +36,8 @@ from napari_agg2exp.viewer.cohort_graph import (
     importance_graph,
     load_tables,
 )
-from napari_agg2exp.viewer.display import select_class
-from napari_agg2exp.viewer.widgets.base import PluginWidget, notify_error, run_row
-from napari_agg2exp.viewer.widgets.figure import FigureView
+from napari_agg2exp.viewer.docks import results_widget
+from napari_agg2exp.viewer.widgets.base import PluginWidget, notify_error, run_row, show_target
 from napari_agg2exp.viewer.widgets.runner import Runner
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,7 +48,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from napari.qt.threading import FunctionWorker
 
-__all__ = ["CohortGraphWidget", "node_artists"]
+__all__ = ["DEFAULT_EDGES_SHOWN", "CohortGraphWidget", "node_artists", "top_edges"]
+
+#: edges drawn by default (the heaviest of the kept ones): a readable graph, not a hairball
+DEFAULT_EDGES_SHOWN = 25
 
 #: The edge rules offered by the dock: (label, rule name, range, decimals, step, default, tooltip).
 _RULES = (
@@ -75,6 +77,27 @@ def node_artists(fig: Figure, graph: nx.DiGraph) -> dict[str, object]:
     return dict(zip(labels, markers))
 
 
+def top_edges(graph: nx.DiGraph, n: int) -> nx.DiGraph:
+    """The subgraph of the ``n`` heaviest edges (their nodes only); graph attributes kept."""
+    edges = sorted(graph.edges(data=True), key=lambda e: -float(e[2].get("weight", 0.0)))[: max(int(n), 0)]
+    sub = graph.edge_subgraph([(u, v) for u, v, _ in edges]).copy()
+    sub.graph.update(graph.graph)
+    return sub
+
+
+def node_tooltip(graph: nx.DiGraph, name: str, top: int = 5) -> str:
+    """Hover text of a node: its group and its heaviest incoming / outgoing edges."""
+    d = graph.nodes[name]
+    lines = [f"{name}" + (f" ({d['group']})" if d.get("group") else "")]
+    for label, edges in (("explained by", graph.in_edges(name, data=True)), ("explains", graph.out_edges(name, data=True))):
+        ranked = sorted(edges, key=lambda e: -float(e[2].get("weight", 0.0)))
+        if ranked:
+            other = 0 if label == "explained by" else 1
+            lines.append(f"{label}: " + ", ".join(f"{e[other]} {float(e[2].get('weight', 0.0)):.3g}"
+                                                  for e in ranked[:top]))
+    return "\n".join(lines)
+
+
 class CohortGraphWidget(PluginWidget):
     """Cohort tables -> global importance graph + distributions; node click selects the class."""
 
@@ -84,22 +107,28 @@ class CohortGraphWidget(PluginWidget):
         self.result: GraphResult | None = None
         self._nodes: dict[str, object] = {}
 
-        lay = QVBoxLayout(self)
+        lay, form = self._frame()
         buttons = QGridLayout()
         self._load = QPushButton("Load tables…")
-        self._results = QPushButton("Load results folder…")
+        self._results = QPushButton("Results folder…")
         self._results.setToolTip("a case folder (agg2exp explain, demo) or a cohort folder (agg2exp cohort)")
-        self._session = QPushButton("Use this session's tables")
-        self._open = QPushButton("Run cohort: open scans")
-        self._folder = QPushButton("Run cohort: folder…")
+        self._session = QPushButton("Session tables")
+        self._open = QPushButton("Run: open scans")
+        self._folder = QPushButton("Run: folder…")
+        self._folder.setToolTip("case_XXXX/image.nii.gz folders (agg2exp phantom), flat <case>.nii.gz scans, "
+                                "or a folder with manifest.csv")
+        self._manifest = QPushButton("Run: manifest…")
+        self._manifest.setToolTip("a CSV with columns case,image (paths relative to the CSV)")
         buttons.addWidget(self._load, 0, 0)
         buttons.addWidget(self._session, 0, 1)
         buttons.addWidget(self._open, 1, 0)
         buttons.addWidget(self._folder, 1, 1)
         buttons.addWidget(self._results, 2, 0)
+        buttons.addWidget(self._manifest, 2, 1)
         lay.addLayout(buttons)
-        form = QFormLayout()
-        lay.addLayout(form)
+        form2 = QFormLayout()
+        lay.addLayout(form2)
+        form = form2
         self._method = QComboBox()
 
         for key, info in METHODS.items():
@@ -114,34 +143,46 @@ class CohortGraphWidget(PluginWidget):
             self._rule.addItem(label, name)
         self._rule.setToolTip("which candidate edges the graph keeps (candidates: every RoI -> class pair except "
                               "background/none, self-edges and joined RoIs into a RoI they contain)")
+        self._rule.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self._rule.setMinimumContentsLength(12)
         self._keep = QDoubleSpinBox()
         keep_row = QHBoxLayout()
         keep_row.addWidget(self._rule, 1)
         keep_row.addWidget(self._keep)
         form.addRow("Keep edges", keep_row)
         self._rule_changed()
+        self._shown = QSlider(Qt.Orientation.Horizontal)
+        self._shown.setRange(1, 200)
+        self._shown.setValue(DEFAULT_EDGES_SHOWN)
+        self._shown.setToolTip("draw only the heaviest kept edges")
+        self._shown_label = QLabel(str(DEFAULT_EDGES_SHOWN))
+        shown_row = QHBoxLayout()
+        shown_row.addWidget(self._shown, 1)
+        shown_row.addWidget(self._shown_label)
+        form.addRow("Edges shown", shown_row)
         self._target = QComboBox()
         form.addRow("Distribution of", self._target)
         self._draw, self._cancel, self._status = run_row(lay, "Draw")
         self._info = QLabel("")
         self._info.setWordWrap(True)
         lay.addWidget(self._info)
-        split = QSplitter(Qt.Orientation.Vertical)
-        self._graph_view = FigureView(napari_viewer, min_height=320)
-        self._dist_view = FigureView(napari_viewer, min_height=220)
-        split.addWidget(self._graph_view)
-        split.addWidget(self._dist_view)
-        split.setSizes([520, 380])
-        lay.addWidget(split, 1)
+        lay.addStretch(1)
 
-        self.runner = Runner(napari_viewer, self, [self._open, self._folder], self._cancel, self._status)
+        self.runner = Runner(napari_viewer, self, [self._open, self._folder, self._manifest], self._cancel,
+                             self._status)
         self._load.clicked.connect(self._load_dialog)
         self._results.clicked.connect(self._results_dialog)
         self._session.clicked.connect(self.use_session)
         self._open.clicked.connect(lambda: self.run_cohort(None))
         self._folder.clicked.connect(self._folder_dialog)
+        self._manifest.clicked.connect(self._manifest_dialog)
+        self._shown.valueChanged.connect(lambda v: self._shown_label.setText(str(v)))
+        self._shown.sliderReleased.connect(self._redraw_graph)
+        self._shown.valueChanged.connect(lambda *_: None if self._shown.isSliderDown() else self._redraw_graph())
+        self.state.selection.events.part.connect(self._part_selected)
         self._draw.clicked.connect(lambda: self.draw())
         self._part.currentTextChanged.connect(lambda *_: self.draw() if self.result is not None else None)
+        self._part.currentTextChanged.connect(lambda p: setattr(self.state.selection, "part", p))
         self._rule.currentIndexChanged.connect(self._rule_changed)
         self._rule.currentIndexChanged.connect(lambda *_: self.draw() if self.result is not None else None)
         self._target.currentTextChanged.connect(self._target_changed)
@@ -172,13 +213,26 @@ class CohortGraphWidget(PluginWidget):
         self.draw()
 
     def _folder_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder of NIfTI scans")
+        folder = QFileDialog.getExistingDirectory(self, "Cohort folder (case folders, scans or manifest.csv)")
         if folder:
             self.run_cohort(folder)
 
+    def _manifest_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Cohort manifest", "", "CSV (*.csv);;All files (*)")
+        if path:
+            self.run_cohort(path)
+
+    def _part_selected(self, part: str) -> None:
+        try:
+            if part != self._part.currentText():
+                self._part.setCurrentText(part)
+        except RuntimeError:
+            pass
+
     def run_cohort(self,
                    images: Sequence[napari.layers.Image | str] | str | Path | None = None) -> FunctionWorker | None:
-        """Explain every scan (open layers or a folder) and draw; returns the worker (None if refused)."""
+        """Explain every scan (open layers, a cohort folder or a manifest) and draw; returns the worker
+        (None if refused)."""
         method = self._method.currentData()
         return self.runner.start(lambda: cohort_job(self.viewer, images, method),
                                  on_done=lambda _t: self.draw())
@@ -232,23 +286,10 @@ class CohortGraphWidget(PluginWidget):
             return None
         self.result = res
         counts = f"{res.kept} of {res.candidates} candidate edges kept"
-        fig = graph_figure(res.graph, title=f"RoI → class importance ({res.part} mass): {counts}\n"
-                                          f"({res.rule.describe()})")
-        ax = fig.axes[0]
-        ax.title.set_fontsize(9)
-        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95)
-        leg = ax.get_legend()
-        if leg is not None:  # to the figure's corner: a wide dock would put it on the ring's labels
-            ax.legend(handles=leg.legend_handles, labels=[t.get_text() for t in leg.get_texts()], loc="lower left",
-                      bbox_to_anchor=(0.0, 0.0), bbox_transform=fig.transFigure, fontsize=8, frameon=False)
-        self._nodes = node_artists(fig, res.graph)
-        for name, artist in self._nodes.items():
-            artist.set_picker(6)
-            artist.set_gid(name)
-        self._graph_view.show_figure(fig, on_pick=self._node_picked, layout=None)
         n_cases = table["case"].nunique()
         self._info.setText(f"{n_cases} case{'s' if n_cases != 1 else ''}, {res.graph.number_of_nodes()} nodes; "
                            f"{counts} ({res.part} mass, {res.rule.describe()})")
+        self._redraw_graph()
         targets = [t for t in dict.fromkeys(table["target"]) if t not in ("background", "none")] or \
             list(dict.fromkeys(table["target"]))
         current = self.state.selected_class if self.state.selected_class in targets else self._target.currentText()
@@ -259,17 +300,62 @@ class CohortGraphWidget(PluginWidget):
             self._target.setCurrentText(current)
         self._target.blockSignals(False)
         self._draw_distribution()
+        results_widget(self.viewer).show_tab("Cohort")
         return res
+
+    def _redraw_graph(self) -> None:
+        """Draw the heaviest ``Edges shown`` kept edges of the current graph, legend under the nodes."""
+        res = self.result
+        if res is None:
+            return
+        shown = top_edges(res.graph, self._shown.value())
+        n = shown.number_of_edges()
+        fig = graph_figure(shown, title=f"RoI → class importance ({res.part} mass)\nheaviest {n} of "
+                                        f"{res.kept} kept edges ({res.candidates} candidates)")
+        ax = fig.axes[0]
+        ax.title.set_fontsize(9)
+        leg = ax.get_legend()
+        if leg is not None:  # outside the axes, under the ring of nodes
+            handles, labels = leg.legend_handles, [t.get_text() for t in leg.get_texts()]
+            leg.remove()
+            fig.legend(handles=handles, labels=labels, loc="outside lower center", ncols=min(4, len(labels)),
+                       fontsize=7, frameon=False)
+        self._nodes = node_artists(fig, shown)
+        for name, artist in self._nodes.items():
+            artist.set_picker(6)
+            artist.set_gid(name)
+        graph = res.graph
+        self._graph_view.show_figure(fig, on_pick=self._node_picked, layout="constrained",
+                                     hover=lambda a: node_tooltip(graph, a.get_gid()) if a.get_gid() in graph
+                                     else None)
+        if self.state.selected_class in self._nodes:
+            self._highlight(self.state.selected_class)
+
+    @property
+    def _graph_view(self):
+        return results_widget(self.viewer).graph_plot
+
+    @property
+    def _dist_view(self):
+        return results_widget(self.viewer).dist_plot
 
     def _draw_distribution(self) -> None:
         if self.result is None or not self._target.currentText():
             return
         fig = distribution_figure(self.result.local, self._target.currentText(), self._part.currentText())
-        self._dist_view.show_figure(fig)
+        leg = fig.axes[0].get_legend()
+        if leg is not None:
+            handles, labels = leg.legend_handles, [t.get_text() for t in leg.get_texts()]
+            leg.remove()
+            fig.legend(handles=handles, labels=labels, loc="outside right upper", fontsize=7, frameon=False)
+        for ax in fig.axes:
+            ax.title.set_fontsize(9)
+            ax.tick_params(labelsize=7)
+        self._dist_view.show_figure(fig, layout="constrained")
 
     def _target_changed(self, name: str) -> None:
         if name:
-            select_class(self.viewer, name)
+            show_target(self.viewer, name)
             self._draw_distribution()
 
     def _node_picked(self, event) -> None:
@@ -278,13 +364,18 @@ class CohortGraphWidget(PluginWidget):
             self.select_node(name)
 
     def select_node(self, name: str) -> None:
-        """What a click on a node does: select that class everywhere (its map is shown)."""
-        select_class(self.viewer, name)
+        """What a click on a node does: select that class everywhere (its map is shown) and highlight
+        that RoI in the viewer (``selection.roi``)."""
+        show_target(self.viewer, name)
         if self._target.findText(name) >= 0:
             self._target.setCurrentText(name)
         self._highlight(name)
+        self.state.selection.roi = None
+        self.state.selection.roi = name
 
     def _highlight(self, name: str) -> None:
+        if not self._nodes:  # no graph drawn: nothing to highlight (and no results dock to open)
+            return
         for n, artist in self._nodes.items():
             artist.set_linewidth(3.0 if n == name else 0.8)
         if self._graph_view.canvas is not None:

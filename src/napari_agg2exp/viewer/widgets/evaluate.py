@@ -1,4 +1,5 @@
-"""Evaluate widget: explanation-quality metrics (SPEC §6) of attribution methods on the current scan.
+"""Evaluate section: explanation-quality metrics (SPEC §6) of attribution methods on the current scan
+(the table is shown in the results dock, with CSV export).
 
 Methods and metrics are listed from their registries (:data:`~napari_agg2exp.attribution.explainer.METHODS`,
 :data:`napari_agg2exp.evaluation.evaluate.METRICS`); the metrics package is imported only when the widget opens.
@@ -9,25 +10,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QFormLayout,
-    QHeaderView,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
 )
 
 from napari_agg2exp.attribution.explainer import METHODS
 from napari_agg2exp.errors import Agg2ExpError
 from napari_agg2exp.evaluation.evaluate import METRICS, PAPER_METRICS
 from napari_agg2exp.viewer.display import metric_table
+from napari_agg2exp.viewer.docks import results_widget
 from napari_agg2exp.viewer.jobs import evaluate_job
 from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, run_row
 from napari_agg2exp.viewer.widgets.runner import Runner
@@ -79,6 +76,7 @@ class EvaluateWidget(PluginWidget):
         lay, form = self._frame()
         self._image = LayerCombo(napari_viewer, is_scan)
         form.addRow("Image", self._image)
+        self._image.bind(self.state.selection)
         self._target = QComboBox()
         self._target.addItem(ALL_CLASSES)
         form.addRow("Class", self._target)
@@ -104,12 +102,8 @@ class EvaluateWidget(PluginWidget):
         form2.addRow("Seed", self._seed)
         lay.addLayout(form2)
         self._run, self._cancel, self._status = run_row(lay, "Evaluate")
-        self._grid = QTableWidget(0, 0)
-        self._grid.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self._grid.verticalHeader().setVisible(False)
-        self._grid.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self._grid.setMinimumHeight(140)
-        lay.addWidget(self._grid, 1)
+        lay.addWidget(QLabel("The metrics table is shown in the results dock (Metrics tab)."))
+        lay.addStretch(1)
         self.runner = Runner(napari_viewer, self, [self._run], self._cancel, self._status)
         self._run.clicked.connect(self.run)
         self.state.model_changed.connect(self._fill_targets)
@@ -156,23 +150,16 @@ class EvaluateWidget(PluginWidget):
         return self.runner.start(make, on_done=self.show_table)
 
     def show_table(self, table: pd.DataFrame) -> None:
+        """Show an evaluation table (one row per method × class) in the results dock's Metrics tab."""
         self.table = table
         wide = metric_table(table)
         metric_cols = [c for c in wide.columns if c not in ("method", "target")]
         headers = ["method", "target"] + [self._metrics_info[c].title if c in self._metrics_info else c
                                           for c in metric_cols]
-        self._grid.clear()
-        self._grid.setColumnCount(len(headers))
-        self._grid.setHorizontalHeaderLabels(headers)
-        self._grid.setRowCount(len(wide))
-        for i, row in enumerate(wide.itertuples(index=False)):
-            for j, v in enumerate(row):
-                text = f"{v:.3f}" if isinstance(v, (float, np.floating)) and np.isfinite(v) else (
-                    "n/a" if isinstance(v, (float, np.floating)) else str(v))
-                item = QTableWidgetItem(text)
-                if j >= 2:
-                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self._grid.setItem(i, j, item)
         skipped = table.attrs.get("skipped") if hasattr(table, "attrs") else None
+        caption = f"absent classes not evaluated: {', '.join(skipped)}" if skipped else ""
+        results = results_widget(self.viewer)
+        results.show_metrics(wide, headers, caption)
+        results.show_tab("Metrics")
         if skipped:
             self._status.setText(f"done (absent classes not evaluated: {', '.join(skipped)})")

@@ -7,6 +7,7 @@ appears here without new widget code.
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,11 +23,12 @@ from qtpy.QtWidgets import (
 )
 
 from napari_agg2exp.attribution.explainer import METHODS
+from napari_agg2exp.data.volume import Volume
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.viewer.display import select_class
 from napari_agg2exp.viewer.jobs import explain_job, explain_parameters
-from napari_agg2exp.viewer.layer_lookup import find_layer
-from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, run_row
+from napari_agg2exp.viewer.layer_lookup import find_layer, layer_kind
+from napari_agg2exp.viewer.layers import layer_affine, layer_volume
+from napari_agg2exp.viewer.widgets.base import LayerCombo, PluginWidget, run_row, show_target
 from napari_agg2exp.viewer.widgets.runner import Runner
 from napari_agg2exp.viewer.widgets.segment import is_scan
 
@@ -37,7 +39,42 @@ if TYPE_CHECKING:  # pragma: no cover
     from magicgui.widgets.bases import ValueWidget
     from napari.qt.threading import FunctionWorker
 
-__all__ = ["ExplainWidget", "parameter_widget"]
+__all__ = ["NO_REGION", "ExplainWidget", "parameter_widget", "region_volume"]
+
+#: the region picker's first entry: explain each class over its whole prediction
+NO_REGION = "whole class"
+
+
+def _is_region_layer(layer) -> bool:
+    from napari.layers import Labels, Shapes
+
+    return (isinstance(layer, Labels) and layer_kind(layer) != "prediction") or isinstance(layer, Shapes)
+
+
+def region_volume(layer: napari.layers.Labels | napari.layers.Shapes, image: napari.layers.Image) -> Volume:
+    """A region layer as a label volume: a Labels layer as it is (its own grid and affine), a Shapes
+    layer rasterised to a mask on the image's grid (each shape on the slice it was drawn on)."""
+    from napari.layers import Labels, Shapes
+
+    if isinstance(layer, Labels):
+        vol = layer_volume(layer)
+        if not np.any(vol.array):
+            raise Agg2ExpError(f"region layer {layer.name!r} is empty -- paint the region first")
+        return Volume(np.asarray(vol.array).copy(), vol.affine, layer.name)
+    if not isinstance(layer, Shapes) or len(layer.data) == 0:
+        raise Agg2ExpError(f"region layer {layer.name!r} has no shape -- draw the region first")
+    shape = tuple(image.data.shape[-3:])
+    data = []
+    for verts in layer.data:
+        v = np.asarray(verts, float)
+        if v.shape[1] < 3:
+            raise Agg2ExpError(f"region layer {layer.name!r} is 2D -- draw the shapes on the 3D scan")
+        world = np.array([layer.data_to_world(p) for p in v])
+        data.append(np.array([image.world_to_data(p) for p in world])[:, -3:])
+    mask = Shapes(data, shape_type=list(layer.shape_type), ndim=3).to_labels(labels_shape=shape)
+    if not np.any(mask):
+        raise Agg2ExpError(f"the shapes of {layer.name!r} lie outside {image.name!r} -- draw them on the scan")
+    return Volume((mask > 0).astype(np.uint8), layer_affine(image), layer.name)
 
 
 def parameter_widget(name: str, default: Any) -> ValueWidget:
@@ -65,6 +102,11 @@ class ExplainWidget(PluginWidget):
         lay, form = self._frame()
         self._image = LayerCombo(napari_viewer, is_scan)
         form.addRow("Image", self._image)
+        self._image.bind(self.state.selection)
+        self._region = LayerCombo(napari_viewer, _is_region_layer, extra=(NO_REGION,))
+        self._region.setToolTip("explain each class's score over (its prediction ∩ this region) only: paint a "
+                                "Labels layer or draw a Shapes layer (e.g. one nodule)")
+        form.addRow("Region", self._region)
         self._method = QComboBox()
         for key, info in METHODS.items():
             self._method.addItem(info.title, key)
@@ -75,10 +117,12 @@ class ExplainWidget(PluginWidget):
         self._params = Container(labels=True)
         self._params.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self._params.native)
-        lay.addWidget(QLabel("Classes (checked = explained; absent classes are skipped):"))
+        classes_label = QLabel("Classes (checked = explained; absent classes are skipped):")
+        classes_label.setWordWrap(True)
+        lay.addWidget(classes_label)
         self._classes = QListWidget()
         self._classes.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self._classes.setMinimumHeight(120)
+        self._classes.setMinimumHeight(80)
         lay.addWidget(self._classes)
         row = QHBoxLayout()
         self._all = QPushButton("All")
@@ -97,8 +141,11 @@ class ExplainWidget(PluginWidget):
         self._none.clicked.connect(lambda: self._check(lambda n: False))
         self._present.clicked.connect(lambda: self._check(self._present_names().__contains__))
         self._classes.currentItemChanged.connect(self._item_selected)
+        self._classes.itemChanged.connect(self._remember)
         self._run.clicked.connect(self.run)
         self.state.model_changed.connect(self._fill_classes)
+        napari_viewer.layers.events.inserted.connect(
+            lambda *_: self._fill_classes() if getattr(self, "_chosen", None) is None else None)
         self.state.class_selected.connect(self._class_selected)
         self._method_changed()
         self._fill_classes()
@@ -146,12 +193,21 @@ class ExplainWidget(PluginWidget):
             item.setFlags(Qt.ItemFlag.NoItemFlags)
             self._classes.addItem(item)
             return
-        present = self._present_names()
+        # the user's choice is kept between runs; by default the foreground classes present in the prediction
+        chosen = getattr(self, "_chosen", None)
+        present = self._present_names() - {model.class_names[0]} if chosen is None else set()
+        self._classes.blockSignals(True)
         for name in model.class_names:
             item = QListWidgetItem(name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if not present or name in present else Qt.CheckState.Unchecked)
+            on = name in chosen if chosen is not None else (name in present if present else True)
+            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
             self._classes.addItem(item)
+        self._classes.blockSignals(False)
+
+    def _remember(self, *_) -> None:
+        """The user (un)checked a class: keep that choice for the next runs and images."""
+        self._chosen = {i.text() for i in self._items() if i.checkState() == Qt.CheckState.Checked}
 
     def _items(self) -> list[QListWidgetItem]:
         return [self._classes.item(i) for i in range(self._classes.count())
@@ -165,25 +221,28 @@ class ExplainWidget(PluginWidget):
         wanted = set(names)
         self._check(wanted.__contains__)
 
-    def targets(self) -> list[str] | None:
-        """Checked classes; None when every class is checked (= every class present)."""
+    def targets(self) -> list[str] | str | None:
+        """Checked classes; ``"all"`` when every class is checked (= every class present); None when
+        no model is loaded yet (the job's default: the foreground classes present)."""
         items = self._items()
         checked = [i.text() for i in items if i.checkState() == Qt.CheckState.Checked]
-        if not items or len(checked) == len(items):
+        if not items:
             return None
         if not checked:
             raise Agg2ExpError("no class is checked -- check the classes to explain")
-        return checked
+        return "all" if len(checked) == len(items) else checked
 
     def _item_selected(self, item, _previous=None) -> None:
         if item is not None and item.flags() & Qt.ItemFlag.ItemIsUserCheckable:
-            select_class(self.viewer, item.text())
+            show_target(self.viewer, item.text(), self._image.currentText() or None)
 
     def _class_selected(self, name: str) -> None:
         try:
             for item in self._items():
                 if item.text() == name and self._classes.currentItem() is not item:
+                    self._classes.blockSignals(True)  # selected elsewhere: no second select_class
                     self._classes.setCurrentItem(item)
+                    self._classes.blockSignals(False)
         except RuntimeError:
             pass
 
@@ -192,8 +251,16 @@ class ExplainWidget(PluginWidget):
         """Explain the chosen image in a worker; returns the worker (None if refused)."""
         image = self._image.layer()
         method = self.method
+        region = self._region.layer() if self._region.currentText() != NO_REGION else None
 
         def make():
-            return explain_job(self.viewer, image, method, self.targets(), **self.parameters())
+            kwargs = self.parameters()
+            if region is not None:
+                if image is None:
+                    raise Agg2ExpError("choose the image to explain first")
+                if "target_region" not in inspect.signature(explain_job).parameters:
+                    raise Agg2ExpError("this version's explain takes no region -- choose 'whole class'")
+                kwargs["target_region"] = region_volume(region, image)
+            return explain_job(self.viewer, image, method, self.targets(), **kwargs)
 
-        return self.runner.start(make, on_done=lambda _layers: self._fill_classes())
+        return self.runner.start(make)

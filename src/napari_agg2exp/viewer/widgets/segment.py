@@ -35,6 +35,7 @@ class SegmentWidget(PluginWidget):
         lay, form = self._frame()
         self._image = LayerCombo(napari_viewer, is_scan)
         form.addRow("Image", self._image)
+        self._image.bind(self.state.selection)
         self._overlap = QDoubleSpinBox()
         self._overlap.setRange(0.0, 0.9)
         self._overlap.setSingleStep(0.05)

@@ -388,7 +388,7 @@ def test_reader_writer_round_trip(loaded, tmp_path):
     pred = agg.segment(viewer, image)
     agg.explain(viewer, image, "vg")
     out = {}
-    for layer in (image, pred):  # the 4D attribution layer (class axis): see the writer tests
+    for layer in (image, pred, agg.attribution_layer(viewer, image)):
         path = tmp_path / f"{layer.name.replace(' ', '_')}.nii.gz"
         written = layer.save(str(path), plugin=PLUGIN)
         assert written and path.exists()

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
-from napari_agg2exp.data.volume import load_volume
+from napari_agg2exp.data.volume import Volume, check_affine, load_volume
 from napari_agg2exp.viewer.display import default_contrast, schedule_radiology_view
 from napari_agg2exp.viewer.layers import volume_layer
 
@@ -57,6 +58,9 @@ def read_nifti(path: str | Path | list[str | Path]) -> list[tuple[np.ndarray, di
     paths = path if isinstance(path, list) else [path]
     layers = []
     for p in paths:
+        if _is_map_stack(p):  # an attribution layer saved by the writer: (X, Y, Z, K), K classes
+            layers.append(_read_map_stack(p))
+            continue
         vol = load_volume(p)
         if _looks_like_labels(Path(p).name, vol.array):
             data, kw = volume_layer(vol)
@@ -73,3 +77,27 @@ def read_nifti(path: str | Path | list[str | Path]) -> list[tuple[np.ndarray, di
                          "kept, rotation ignored); results are computed with the full affine")
     schedule_radiology_view()
     return layers
+
+
+def _is_map_stack(path: str | Path) -> bool:
+    img = nib.load(str(path))
+    return len(img.shape) == 4 and img.shape[3] > 1 and np.issubdtype(img.get_data_dtype(), np.floating)
+
+
+def _read_map_stack(path: str | Path) -> tuple[np.ndarray, dict[str, Any], str]:
+    """A float ``(X, Y, Z, K)`` NIfTI (the writer's form of an attribution layer) as one Image layer
+    ``(K, X, Y, Z)`` with a class axis, a diverging colormap and symmetric limits."""
+    img = nib.load(str(path))
+    affine = check_affine(img.affine if img.affine is not None else np.eye(4), f"file {path}")
+    name = Path(path).name.removesuffix(".gz").removesuffix(".nii")
+    stack, kw = [], {}
+    for k in range(img.shape[3]):
+        data, kw = volume_layer(Volume(np.asarray(img.dataobj[..., k], dtype=np.float32), affine, name=name))
+        stack.append(np.asarray(data, dtype=np.float32))
+    data = np.stack(stack)
+    lim = float(np.percentile(np.abs(data), 99.5)) or 1.0
+    kw.update(scale=(1.0, *kw["scale"]), translate=(0.0, *kw["translate"]), units=("pixel", *kw["units"]),
+              colormap="bwr", contrast_limits=(-lim, lim), blending="translucent",
+              axis_labels=("class", "x", "y", "z"))
+    return data, kw, "image"
+

@@ -21,10 +21,10 @@ from monai.transforms import Compose, Invertd, Orientationd, Spacingd
 
 from napari_agg2exp.cli.main import main
 from napari_agg2exp.data.phantom import make_phantom
-from napari_agg2exp.data.preprocessing import preprocess, preprocess_labels
+from napari_agg2exp.data.preprocessing import preprocess, preprocess_labels, to_input_grid
 from napari_agg2exp.data.volume import Volume, load_volume, save_volume
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.models.bundle_transforms import BundlePreprocessing
+from napari_agg2exp.models.bundle_transforms import BundlePreprocessing, prediction_order
 from napari_agg2exp.models.inference import sliding_window_logits
 from napari_agg2exp.models.loading import load_model
 from napari_agg2exp.models.prepared import prepare_case
@@ -93,6 +93,8 @@ def _compare(model, volume: Volume, ref: dict) -> dict:
         "pre_rel": _rel(case.pre.array[crop], ref["x"]),
         "logits_rel": _rel(logits[(slice(None),) + crop].numpy(), ref["logits"]),
         "agreement": float((case.prediction.array[sure] == ref["pred"][sure]).mean()),
+        # the other order (argmax on the model grid, labels back by nearest neighbour), for negative controls
+        "nearest_agreement": float((to_input_grid(case.labels, case.pre, mode="nearest")[sure] == ref["pred"][sure]).mean()),
         "sure_fraction": float(sure.mean()),
         "windows": len(case.plan),
         "padded": case.pre.array.shape != ref["x"].shape,
@@ -108,10 +110,9 @@ def _without(model, name: str):
 
 def test_swin_unetr_btcv_bundle_matches_monai(tmp_path):
     bundle = write_bundle("swin_unetr_btcv", tmp_path / "swin", width=12, roi_size=SWIN_ROI, last_layer_scale=3.0)
-    # input voxel centres fall on model voxel centres (3 mm -> 1.5 mm, 2 mm -> 2 mm): there the bundle's
-    # post-processing order (softmax, bilinear Invertd, argmax) and ours (argmax, nearest) coincide. On other
-    # grids they differ wherever random weights flip labels from voxel to voxel (measured: 89%, report).
-    image, volume = _scan(tmp_path, (40, 24, 24), (3.0, 3.0, 2.0), zero_slab=False)
+    # an arbitrary anisotropic grid whose voxel centres do not fall on the model grid's: the bundle's own
+    # order (softmax, bilinear Invertd, argmax) must be followed -- labels by nearest neighbour agree on ~89%
+    image, volume = _scan(tmp_path, (40, 26, 24), (2.3, 2.7, 1.7), zero_slab=False)
     with pytest.warns(UserWarning, match=r"img_size.*dropped"):
         model = load_model(bundle, device="cpu")  # no --trust-bundle: imports/device/datalist are not read
     assert model.class_names == SWIN_CLASSES
@@ -124,6 +125,8 @@ def test_swin_unetr_btcv_bundle_matches_monai(tmp_path):
     assert res["windows"] > 1 and res["padded"]
     assert res["pre_rel"] <= 1e-4 and res["logits_rel"] <= 1e-4, res
     assert res["agreement"] >= 0.99 and res["sure_fraction"] > 0.5, res
+    assert model.preprocessing.prediction_from == "probabilities"
+    assert res["nearest_agreement"] < 0.97, res  # negative control: the order of operations matters here
     # negative control: the same check without the intensity window fails
     wrong = preprocess(volume, _without(model, "ScaleIntensityRanged"), model.window_size)
     assert _rel(wrong.array[wrong.crop], ref["x"]) > 1e-4
@@ -138,6 +141,7 @@ def test_wholebody_bundle_matches_monai(tmp_path):
     assert model.class_names == WHOLEBODY_CLASSES and model.num_classes == 105
     assert (model.window_size, model.overlap, model.blend, model.sw_batch_size) == ((32, 32, 32), 0.25, "gaussian", 1)
     assert model.preprocessing.padding_mode == "replicate"
+    assert model.preprocessing.prediction_from == "labels"  # its post-processing: argmax, then Invertd(nearest)
     ref = _reference(bundle, image)
     assert len(np.unique(ref["pred"])) >= 5
     res = _compare(model, volume, ref)
@@ -204,3 +208,17 @@ def test_torchscript_bundle_gives_the_same_logits(tmp_path):
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ts.network(x), pt.network(x), rtol=1e-4, atol=1e-4)
+
+
+def test_prediction_order_is_read_from_the_postprocessing():
+    act = {"_target_": "Activationsd", "keys": "pred", "softmax": True}
+    inv = {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "nearest_interp": False}
+    arg = {"_target_": "monai.transforms.AsDiscreted", "keys": "pred", "argmax": True}
+    save = {"_target_": "SaveImaged", "keys": "pred", "output_dir": "$@bundle_root + '/eval'"}  # never evaluated
+    post = lambda *t: {"postprocessing": {"_target_": "Compose", "transforms": list(t)}}
+    assert prediction_order(post(act, inv, arg, save)) == "probabilities"  # swin_unetr_btcv
+    assert prediction_order(post(act, arg, {**inv, "nearest_interp": True}, save)) == "labels"  # wholeBody_ct
+    assert prediction_order(post(act, {k: v for k, v in inv.items() if k != "nearest_interp"}, arg)) == "labels"
+    assert prediction_order(post(inv, arg)) == "logits"
+    assert prediction_order({"post": post(act, inv, arg)["postprocessing"], "postprocessing": "@post"}) == "probabilities"
+    assert prediction_order({}) == "probabilities"

@@ -5,13 +5,19 @@ nnU-Net's own window positions and gaussian), with a rolling buffer one window d
 from __future__ import annotations
 
 import itertools
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
+from napari_agg2exp.data.preprocessing import PreprocessingSpec, to_input_grid
+from napari_agg2exp.data.volume import Volume
 from napari_agg2exp.models.inference import SlidingWindow, sliding_window_segment
+from napari_agg2exp.models.loading import SegmentationModel
+from napari_agg2exp.models.prepared import prepare_case
+from napari_agg2exp.progress import Cancelled
 
 C = 7
 
@@ -148,3 +154,80 @@ def test_prepare_case_uses_streaming(monkeypatch):
     assert set(case.scores) == set(scores)
     for c, f in scores.items():
         assert case.scores[c] == pytest.approx(f, rel=1e-5, abs=1e-3)
+
+
+def test_slabs_handed_to_on_rows_tile_the_stitched_logits():
+    torch.manual_seed(7)
+    net = WindowNet().eval()
+    shape, window = (30, 26, 21), (12, 10, 8)
+    x = torch.randn((1,) + shape)
+    plan = SlidingWindow.plan(shape, window, 0.25, "gaussian")
+    with torch.no_grad():
+        ref = sliding_window_inference(x[None], window, 2, net, overlap=0.25, mode="gaussian")[0]
+    for axis in (0, 2):
+        slabs = []
+
+        def keep(a, lo, hi, z, slabs=slabs):
+            slabs.append((a, lo, hi, z.clone()))
+
+        sliding_window_segment(net, x, plan, sweep_axis=axis, on_rows=keep)
+        assert all(a == axis for a, *_ in slabs) and len(slabs) > 2
+        assert [lo for _, lo, _, _ in slabs] == [0] + [hi for _, _, hi, _ in slabs[:-1]] and slabs[-1][2] == shape[axis]
+        torch.testing.assert_close(torch.cat([z for *_, z in slabs], dim=1 + axis), ref, rtol=1e-4, atol=1e-4)
+
+
+class _Resampling(PreprocessingSpec):
+    """A model-folder spec (orient, resample to 1 mm) whose prediction goes back as the bundle/nnU-Net formats do."""
+
+    prediction_from = "probabilities"
+
+
+@pytest.mark.parametrize("prediction_from", ["probabilities", "logits"])
+def test_class_by_class_mapping_equals_the_argmax_in_memory(prediction_from, monkeypatch, tmp_path):
+    """prepare_case's input-grid prediction, built one class at a time from spilled per-class maps, equals the
+    argmax over all C resampled probability/logit volumes held at once; no C x grid array is ever made."""
+    import napari_agg2exp.models.prepared as prepared_mod
+
+    torch.manual_seed(8)
+    net = WindowNet().eval()
+    affine = np.diag([-1.3, -0.9, 1.7, 1.0])  # LPS-like, anisotropic: input voxels fall between model voxels
+    image = Volume(np.random.default_rng(0).normal(size=(23, 31, 30)).astype(np.float32), affine, "scan")
+    spec = _Resampling(orientation="RAS", spacing=(1.0, 1.0, 1.0), a_min=-3, a_max=3, b_min=-1, b_max=1, clip=True)
+    monkeypatch.setattr(_Resampling, "prediction_from", prediction_from)
+    model = SegmentationModel(net, [f"c{i}" for i in range(C)], spec, (16, 16, 16), torch.device("cpu"), "test")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the spill folder goes here
+    shapes = _record_allocations(monkeypatch)
+    mapped = []
+    real = prepared_mod.to_input_grid
+    monkeypatch.setattr(prepared_mod, "to_input_grid", lambda a, pre, mode: (mapped.append(a.shape), real(a, pre, mode))[1])
+    messages = []
+    case = prepare_case(model, image, overlap=0.25, blend="gaussian", progress=lambda d, t, m: messages.append(m))
+    monkeypatch.undo()
+    grid = case.pre.array.shape
+    assert len(case.plan) >= 8 and mapped == [grid] * C  # one class at a time
+    assert all(int(np.prod(s)) <= C * int(np.prod(grid)) / 3 for s in shapes), (max(shapes, key=np.prod), grid)
+    assert "mapping back" in messages and not list(tmp_path.iterdir())  # spill folder removed
+    # the straightforward computation: all C stitched maps at once, resampled, argmax
+    with torch.no_grad():
+        z = sliding_window_inference(case.inputs[None, None], (16, 16, 16), 1, net, overlap=0.25, mode="gaussian")[0]
+    maps = torch.softmax(z, 0) if prediction_from == "probabilities" else z
+    back = to_input_grid(maps.numpy(), case.pre)
+    top2 = np.sort(back, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1e-5
+    assert clear.mean() > 0.99 and len(np.unique(back.argmax(0))) >= 4
+    assert np.array_equal(case.prediction.array[clear], back.argmax(0)[clear])
+    # negative control: the model-grid labels mapped back by nearest neighbour are a different answer
+    assert (to_input_grid(case.labels, case.pre, mode="nearest") == back.argmax(0)).mean() < 0.97
+
+
+def test_mapping_back_is_cancelled_and_cleans_up(monkeypatch, tmp_path):
+    torch.manual_seed(9)
+    net = WindowNet().eval()
+    image = Volume(np.random.default_rng(1).normal(size=(20, 18, 17)).astype(np.float32), np.diag([1.2, 1.1, 1.3, 1.0]))
+    spec = _Resampling(orientation="RAS", spacing=(1.0, 1.0, 1.0), a_min=-3, a_max=3, b_min=-1, b_max=1, clip=True)
+    model = SegmentationModel(net, [f"c{i}" for i in range(C)], spec, (16, 16, 16), torch.device("cpu"), "test")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen = []
+    with pytest.raises(Cancelled):
+        prepare_case(model, image, progress=lambda d, t, m: seen.append(m), cancel=lambda: "mapping back" in seen)
+    assert "mapping back" in seen and not list(tmp_path.iterdir())

@@ -4,8 +4,10 @@ A bundle folder holds ``configs/metadata.json``, ``configs/inference.json`` (or 
 ``models/model.pt`` (a state dict) or ``models/model.ts`` (TorchScript). Only what inference needs is
 read: class names from ``metadata.json`` (``network_data_format.outputs.pred.channel_def``), and from
 the inference config the sections ``network_def``, ``preprocessing`` and ``inferer`` (with the
-entries they reference). Everything else (imports, datalists, handlers, post-processing) is never
-looked at, so the Python expressions real bundles carry there do not matter.
+entries they reference). Everything else (imports, datalists, handlers) is never looked at, so the
+Python expressions real bundles carry there do not matter; of ``postprocessing`` only the transform
+names and literal flags are looked at, unevaluated, for the order in which the prediction is mapped
+back (``bundle_transforms.prediction_order``).
 
 Inside the sections read, ``@id`` references are resolved, ``$`` expressions that are plain literals
 (``$[1.5, 1.5, 1.5]``) are read with :func:`ast.literal_eval`, and ``device`` entries are ignored
@@ -32,7 +34,12 @@ from monai.bundle.config_item import ConfigItem
 from monai.utils import optional_import
 
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.models.bundle_transforms import PAD_MODES, BundlePreprocessing, build_transforms
+from napari_agg2exp.models.bundle_transforms import (
+    PAD_MODES,
+    BundlePreprocessing,
+    build_transforms,
+    prediction_order,
+)
 from napari_agg2exp.models.inference import BLEND_MODES, window_size_3d
 from napari_agg2exp.models.model import SegmentationModel, load_state_dict, resolve_device
 from napari_agg2exp.options import look_up_option
@@ -343,7 +350,8 @@ def load_bundle(
     cfg_image_key = raw.get("image_key") if isinstance(raw, dict) else None
     image_key = cfg_image_key if isinstance(cfg_image_key, str) and not cfg_image_key.startswith(("$", "@")) else image_key
     transforms, desc = build_transforms(sections["preprocessing"], image_key, where)
-    pre = BundlePreprocessing(transforms, image_key, inf["padding_mode"], inf["cval"], desc)
+    pre = BundlePreprocessing(transforms, image_key, inf["padding_mode"], inf["cval"], desc,
+                              prediction_order(raw if isinstance(raw, dict) else {}))
     return SegmentationModel(
         network=net.to(dev).eval(),
         class_names=names,

@@ -31,7 +31,8 @@ from napari_agg2exp.data.preprocessing import Preprocessed
 from napari_agg2exp.data.volume import Volume
 from napari_agg2exp.errors import Agg2ExpError
 
-__all__ = ["NO_OP_TRANSFORMS", "SUPPORTED_TRANSFORMS", "BundlePreprocessing", "build_transforms", "transform_name"]
+__all__ = ["NO_OP_TRANSFORMS", "SUPPORTED_TRANSFORMS", "BundlePreprocessing", "build_transforms", "prediction_order",
+           "transform_name"]
 
 #: transforms applied to the image (MONAI's dictionary versions)
 SUPPORTED_TRANSFORMS = ("Orientation", "Spacing", "ScaleIntensityRange", "NormalizeIntensity", "ScaleIntensity",
@@ -127,6 +128,41 @@ def build_transforms(section: Any, image_key: str, where: str) -> tuple[list, li
     return out, desc
 
 
+def _post_name(target: Any) -> str:
+    name = str(target).rsplit(".", 1)[-1]
+    for suffix in ("Dict", "D", "d"):
+        if name.endswith(suffix) and name[: -len(suffix)] in ("Activations", "Invert", "AsDiscrete"):
+            return name[: -len(suffix)]
+    return name
+
+
+def prediction_order(config: Any) -> str:
+    """How a bundle's ``postprocessing`` maps the prediction back: ``probabilities``, ``logits`` or ``labels``.
+
+    Read from the raw config without evaluating anything (only ``_target_`` names and literal flags):
+    ``AsDiscreted(argmax)`` before ``Invertd``, or an ``Invertd`` with ``nearest_interp`` true (its
+    default), maps labels back by nearest neighbour (``labels``); otherwise each class is inverted with
+    the preprocessing's own interpolation and the argmax is taken on the input grid -- of the softmax
+    when an ``Activationsd(softmax=True)`` comes first (``probabilities``), else of the logits. A config
+    without a readable ``postprocessing`` gets ``probabilities`` (what MONAI's segmentation bundles do).
+    """
+    post = config.get("postprocessing") if isinstance(config, dict) else None
+    if isinstance(post, str) and post.startswith("@"):
+        post = config.get(post[1:])
+    items = post.get("transforms") if isinstance(post, dict) else post
+    if not isinstance(items, list):
+        return "probabilities"
+    names = [_post_name(t.get("_target_", "")) if isinstance(t, dict) else "" for t in items]
+    if "Invert" not in names:
+        return "probabilities"
+    inv = names.index("Invert")
+    if "AsDiscrete" in names[:inv] or items[inv].get("nearest_interp", True) not in (False, "false", "False"):
+        return "labels"
+    softmax = any(n == "Activations" and items[i].get("softmax") in (True, "true", "True")
+                  for i, n in enumerate(names[:inv]))
+    return "probabilities" if softmax else "logits"
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
@@ -141,6 +177,7 @@ class BundlePreprocessing:
         padding_mode: the inferer's ``padding_mode`` (``constant``, ``reflect``, ``replicate``, ``circular``).
         cval: the inferer's fill value for ``constant`` padding.
         description: the transforms' configs (recorded by :meth:`to_dict`).
+        prediction_from: ``probabilities``, ``logits`` or ``labels`` (:func:`prediction_order`).
     """
 
     transforms: list
@@ -148,10 +185,14 @@ class BundlePreprocessing:
     padding_mode: str = "constant"
     cval: float = 0.0
     description: list[dict] = field(default_factory=list)
+    #: how the prediction goes back to the input grid (the bundle's post-processing order, see ``prepare_case``):
+    #: ``probabilities`` (Activationsd softmax, Invertd, AsDiscreted argmax), ``logits`` (no softmax before
+    #: Invertd) or ``labels`` (argmax before Invertd with nearest interpolation)
+    prediction_from: str = "probabilities"
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "monai-bundle", "transforms": _jsonable(self.description),
-                "padding_mode": self.padding_mode, "cval": float(self.cval)}
+                "padding_mode": self.padding_mode, "cval": float(self.cval), "prediction_from": self.prediction_from}
 
     def apply(self, volume: Volume, window_size: Sequence[int] | None) -> Preprocessed:
         """Run the transforms on ``volume`` and pad to ``window_size`` (``sliding_window_inference``'s padding)."""

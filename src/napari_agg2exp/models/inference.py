@@ -9,7 +9,7 @@ attribution engine needs per-window vector-Jacobian products through the same st
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,6 +265,7 @@ def sliding_window_segment(
     n_classes: int | None = None,
     sw_batch_size: int = 1,
     sweep_axis: int | None = None,
+    on_rows: Callable[[int, int, int, torch.Tensor], None] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
 ) -> StreamedSegmentation:
@@ -284,6 +285,10 @@ def sliding_window_segment(
         n_classes: expected number of output channels (checked), or ``None``.
         sw_batch_size: windows per forward pass.
         sweep_axis: 0, 1 or 2; ``None`` picks the axis with the smallest buffer.
+        on_rows: called as ``on_rows(axis, row_lo, row_hi, logits)`` for every finished slab, in order
+            along the sweep axis (together they tile the volume once): ``logits`` is the (C, ...) stitched
+            logits of rows ``[row_lo, row_hi)`` along spatial axis ``axis`` (the other two axes whole), a
+            view into the ring buffer that is valid only during the call -- copy or write it out.
         progress, cancel: progress callback and cancel flag (checked before every batch).
     """
     x = inputs if inputs.ndim == 4 else inputs[None]
@@ -303,6 +308,8 @@ def sliding_window_segment(
         for r0, r1, p0, p1 in _ring_pieces(done, upto, depth):
             seg = buf[ch + _along(full, a, slice(p0, p1))]
             seg /= plan.count[_along(full, a, slice(r0, r1))]
+            if on_rows is not None:
+                on_rows(a, r0, r1, seg)
             vals, idx = seg.max(0)  # first maximum on ties, like argmax
             labels[_along(full, a, slice(r0, r1))] = idx.to(labels.dtype)
             flat = idx.flatten()

@@ -159,6 +159,8 @@ class NnUNetPreprocessing:
     probability_resampling: dict[str, Any] = field(
         default_factory=lambda: {"order": 1, "order_z": 0, "force_separate_z": None})
     canonical: bool = False
+    #: the predictor resamples the logits to the input grid, then takes the argmax (``prepare_case``)
+    prediction_from = "logits"
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "nnunetv2", "spacing": list(self.spacing), "transpose_forward": list(self.transpose_forward),

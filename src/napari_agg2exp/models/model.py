@@ -6,12 +6,14 @@ The model formats (model folder, TorchScript, MONAI bundle, nnU-Net result folde
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from napari_agg2exp.errors import Agg2ExpError
@@ -108,11 +110,11 @@ def load_state_dict(path: Path, trust_checkpoint: bool = False) -> dict:
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
-        except Exception as e:
+        except (SafetensorError, OSError, ValueError) as e:
             raise Agg2ExpError(f"cannot read weights {path} ({e}) -- the file is corrupt or not safetensors") from e
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:  # what a bad file raises
         msg = str(e)
         if "weights_only" in msg or "Unpickl" in type(e).__name__ or "GLOBAL" in msg:
             if not trust_checkpoint:

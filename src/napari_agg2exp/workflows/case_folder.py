@@ -35,6 +35,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from nibabel.filebasedimages import ImageFileError
 
 from napari_agg2exp.data.geometry import grid_volume, resample_labels, resample_map
 from napari_agg2exp.data.labels import as_label_array, label_names_json, read_label_names
@@ -327,7 +328,7 @@ class CaseFolder:
         try:
             img = nib.load(str(files[0]))
             shape, affine = tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, float)
-        except Exception as e:  # noqa: BLE001 - nibabel raises many types for broken files
+        except (OSError, ValueError, EOFError, zlib.error, ImageFileError) as e:  # what nibabel raises for broken files
             raise Agg2ExpError(f"cannot read {files[0]} ({type(e).__name__}) -- the case folder is damaged") from e
         return grid_volume(shape, affine)
 

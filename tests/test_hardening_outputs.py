@@ -12,10 +12,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 

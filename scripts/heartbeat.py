@@ -22,22 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
-SIZE = (1920, 1080)
-
-
-def _ensure_display() -> None:
-    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("AGG2EXP_NO_XVFB"):
-        return
-    xvfb = shutil.which("xvfb-run")
-    if xvfb is None:
-        sys.exit("no display and no xvfb-run: run `make apt` (installs xvfb) or set DISPLAY")
-    os.environ["AGG2EXP_NO_XVFB"] = "1"
-    args = [xvfb, "-a", "-s", f"-screen 0 {SIZE[0]}x{SIZE[1]}x24", sys.executable, *sys.argv]
-    os.execv(xvfb, args)
+from _display import SIZE, ensure_display as _ensure_display  # noqa: E402 (scripts/ is on sys.path)
 
 
 def _timed_add_layer(calls: list[tuple[float, float]]):

@@ -332,7 +332,13 @@ def local_importance(
         [['background', 0.25], ['heart', 0.75]]
     """
     agg = LocalImportance(rois, roi_names, case=case, parts=parts, joins=joins, skip_labels=skip_labels)
-    targets = list(attributions.keys())
+    return _add_all(agg, attributions, progress, cancel)
+
+
+def _add_all(agg: LocalImportance | OccupancyImportance, attributions: Mapping[str, np.ndarray], progress: ProgressCallback | None,
+             cancel: CancelFlag | None) -> pd.DataFrame:
+    """Feed every map to a one-map-at-a-time aggregator and return its table."""
+    targets = list(attributions)
     for t_i, target in enumerate(targets):
         check_cancel(cancel)
         report(progress, t_i, len(targets), f"local importance: {target}")
@@ -453,13 +459,7 @@ def occupancy_local_importance(
         The long table ``case, target, roi, part, mass, mean``.
     """
     agg = OccupancyImportance(occupancy, case=case, parts=parts, joins=joins)
-    targets = list(attributions)
-    for t_i, target in enumerate(targets):
-        check_cancel(cancel)
-        report(progress, t_i, len(targets), f"local importance: {target}")
-        agg.add(target, attributions[target])
-    report(progress, len(targets), len(targets), "local importance: done")
-    return agg.table()
+    return _add_all(agg, attributions, progress, cancel)
 
 
 class OccupancyImportance:

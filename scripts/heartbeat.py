@@ -23,9 +23,11 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 import time
 
-from _display import SIZE, ensure_display as _ensure_display  # noqa: E402 (scripts/ is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/_display.py, also when loaded by file path
+from _display import SIZE, ensure_display as _ensure_display  # noqa: E402
 
 
 def _timed_add_layer(calls: list[tuple[float, float]]):

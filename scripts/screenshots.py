@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-from _display import SIZE, ensure_display as _ensure_display  # noqa: E402 (scripts/ is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/_display.py, also when loaded by file path
+from _display import SIZE, ensure_display as _ensure_display  # noqa: E402
 
 
 def _wait(app, widget, timeout: float = 1800.0) -> None:

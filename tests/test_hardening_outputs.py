@@ -148,6 +148,34 @@ def test_global_refused_while_another_run_holds_it(tmp_path, tiny_model_dir, ct_
     assert not out.exists()
 
 
+def test_report_into_a_case_folder_and_train_wait_for_its_lock(tmp_path, tiny_model_dir, ct_file, capsys):
+    case = tmp_path / "case"
+    assert main(_explain(ct_file, tiny_model_dir, case)) == 0
+    proc = _holder(case)  # e.g. an ``explain --overwrite`` about to replace the folder
+    capsys.readouterr()
+    try:
+        assert main(["report", str(case)]) == 2
+        _one_error(capsys, "in use", f"pid {proc.pid}")
+        assert not (case / "report.html").exists()
+        elsewhere = tmp_path / "elsewhere.html"  # written outside the folder: no lock needed
+        assert main(["report", str(case), "--out", str(elsewhere)]) == 0 and elsewhere.stat().st_size > 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert main(["report", str(case)]) == 0 and (case / "report.html").exists()
+
+    model = tmp_path / "trained"
+    proc = _holder(model)
+    capsys.readouterr()
+    try:
+        assert main(["train", str(tmp_path / "data"), "--out", str(model), "--iterations", "1"]) == 2
+        _one_error(capsys, "in use", f"pid {proc.pid}")
+        assert not model.exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # ---------------------------------------------------------------- item 4: cohort resume fingerprint
 
 

@@ -7,6 +7,7 @@ Thin callers of :mod:`napari_agg2exp.importance`; every user error raises
 from __future__ import annotations
 
 import argparse
+import contextlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from napari_agg2exp.cli.progress import TerminalProgress
 from napari_agg2exp.data.labels import read_label_names
 from napari_agg2exp.data.volume import load_volume
 from napari_agg2exp.errors import Agg2ExpError
-from napari_agg2exp.files import check_writable, staged_output
+from napari_agg2exp.files import OutputLock, check_writable, staged_output
 from napari_agg2exp.importance.global_importance import (
     KeepRule,
     graph_summary,
@@ -162,11 +163,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise Agg2ExpError(f"--out {args.out} is a folder -- give an .html file name")
     folder = Path(args.cohort or args.case_dir)
     check_writable(Path(args.out).parent if args.out else folder, "--out" if args.out else "report folder")
-    if args.cohort:
-        path = write_cohort_report(args.cohort, args.out, top=args.top)
-    else:
-        path = write_case_report(args.case_dir, args.out, zero_background=args.zero_background, top=args.top,
-                                 progress=TerminalProgress("report"))
+    # writing into the folder: hold its lock, so no run replaces the folder under the report
+    with contextlib.nullcontext() if args.out else OutputLock(folder):
+        if args.cohort:
+            path = write_cohort_report(args.cohort, args.out, top=args.top)
+        else:
+            path = write_case_report(args.case_dir, args.out, zero_background=args.zero_background, top=args.top,
+                                     progress=TerminalProgress("report"))
     print(f"report written to {path}")
     return 0
 

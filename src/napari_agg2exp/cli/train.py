@@ -9,6 +9,7 @@ import torch
 
 from napari_agg2exp.cli.progress import TerminalProgress
 from napari_agg2exp.errors import Agg2ExpError
+from napari_agg2exp.files import OutputLock
 from napari_agg2exp.models.training import TrainConfig, find_cases, train
 
 __all__ = ["register"]
@@ -63,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.iterations is None:
         n = len(find_cases(args.data))
         cfg.iterations = max(1, args.epochs * max(1, round(n * (1 - args.val_fraction)) // args.batch_size))
-    summary = train(args.data, args.out, cfg, resume=args.resume, log=lambda m: print(m, flush=True),
-                    progress=TerminalProgress("train", min_interval=2.0))
+    with OutputLock(args.out):  # one run per model folder (a second would interleave checkpoints)
+        summary = train(args.data, args.out, cfg, resume=args.resume, log=lambda m: print(m, flush=True),
+                        progress=TerminalProgress("train", min_interval=2.0))
     print(json.dumps({k: v for k, v in summary.items() if k != "last_val_dice"}, indent=None))
     return 0

@@ -42,10 +42,11 @@ NO_OP_TRANSFORMS = ("LoadImage", "EnsureChannelFirst", "EnsureType")
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
 
-def transform_name(target: Any) -> str:
+def transform_name(target: Any, known: Sequence[str] = ()) -> str:
     """The base name of a transform ``_target_`` (``monai.transforms.Spacingd`` / ``SpacingD`` -> ``Spacing``).
 
     A ``_target_`` that is not a MONAI transform name comes back unchanged (and is then unsupported).
+    ``known``: the base names recognised (default: the supported and no-op preprocessing transforms).
     """
     name = str(target)
     if "." in name:
@@ -54,7 +55,7 @@ def transform_name(target: Any) -> str:
         name = name.rsplit(".", 1)[1]
     for suffix in ("Dict", "D", "d"):
         base = name[: -len(suffix)]
-        if name.endswith(suffix) and base in SUPPORTED_TRANSFORMS + NO_OP_TRANSFORMS:
+        if name.endswith(suffix) and base in (tuple(known) or SUPPORTED_TRANSFORMS + NO_OP_TRANSFORMS):
             return base
     return name
 
@@ -128,12 +129,8 @@ def build_transforms(section: Any, image_key: str, where: str) -> tuple[list, li
     return out, desc
 
 
-def _post_name(target: Any) -> str:
-    name = str(target).rsplit(".", 1)[-1]
-    for suffix in ("Dict", "D", "d"):
-        if name.endswith(suffix) and name[: -len(suffix)] in ("Activations", "Invert", "AsDiscrete"):
-            return name[: -len(suffix)]
-    return name
+#: the post-processing transforms whose order decides how the prediction is mapped back
+POSTPROCESSING_TRANSFORMS = ("Activations", "Invert", "AsDiscrete")
 
 
 def prediction_order(config: Any) -> str:
@@ -152,7 +149,8 @@ def prediction_order(config: Any) -> str:
     items = post.get("transforms") if isinstance(post, dict) else post
     if not isinstance(items, list):
         return "probabilities"
-    names = [_post_name(t.get("_target_", "")) if isinstance(t, dict) else "" for t in items]
+    names = [transform_name(t.get("_target_", ""), POSTPROCESSING_TRANSFORMS) if isinstance(t, dict) else ""
+             for t in items]
     if "Invert" not in names:
         return "probabilities"
     inv = names.index("Invert")
